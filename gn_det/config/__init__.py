@@ -1,0 +1,1 @@
+"""Config: fvcore CfgNode with detectron2's key names (see defaults.py)."""
