@@ -1,7 +1,23 @@
 """The contract between the task-agnostic engine and a task (detection, video, ...).
 
 The engine (config, trainer, launch, checkpointing, logging, hooks) only ever calls a
-:class:`Task`. A task is registered by name and picked by ``cfg.TASK``.
+:class:`Task`. A task is registered by name and picked by ``cfg.TASK``; ``cfg.TASK`` may also be
+``"package.module:Factory"`` for a task living outside gn_det (imported on first use, also in
+spawned worker processes).
+
+Optional parts a task may add (the engine checks for them):
+
+* ``build_train_loader(cfg, micro_batch_size, skip_batches=0)``: with a ``skip_batches`` argument
+  the loader starts after the first ``skip_batches`` micro-batches of this rank's endless
+  stream; the trainer passes the number already consumed when resuming, which (together with
+  the RNG states the checkpoint restores) makes a resumed run continue exactly. Draw data
+  randomness from a seeded generator tied to the position in the stream, not from worker RNG.
+* ``load_weights(model, path)``: how MODEL.WEIGHTS initializes a fresh run (format conversion,
+  key renaming). Without it the engine loads a gn_det checkpoint's "model" entry non-strictly.
+  ``build_model`` itself should not load MODEL.WEIGHTS (the engine calls this once).
+* ``find_unused_parameters = True``: when some parameters may get no gradient in a step (DDP).
+
+Models move their inputs to their own device; the engine does not touch batches.
 """
 
 from __future__ import annotations
@@ -61,10 +77,21 @@ def register_task(name: str) -> Callable:
 
 
 def get_task(name: str) -> Task:
-    """Instantiate the task registered as ``name``; the error lists the known names."""
+    """Instantiate the task registered as ``name`` (or ``"module:Factory"``); the error lists the
+    known names."""
     _import_builtin_tasks()
+    if name not in TASK_REGISTRY and ":" in name:
+        import importlib
+
+        module, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise KeyError(f"TASK {name!r}: cannot import {attr!r} from module {module!r} ({e})") from None
+        TASK_REGISTRY[name] = factory
     if name not in TASK_REGISTRY:
-        raise KeyError(f"Unknown TASK {name!r}; registered tasks: {sorted(TASK_REGISTRY)}")
+        raise KeyError(f"Unknown TASK {name!r}; registered tasks: {sorted(TASK_REGISTRY)}, "
+                       f"or 'package.module:TaskClass'")
     return TASK_REGISTRY[name]()
 
 

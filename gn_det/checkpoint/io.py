@@ -1,0 +1,184 @@
+"""Safe reading and atomic writing of checkpoint files.
+
+Checkpoints come from the internet, so they are treated as untrusted:
+
+- ``.pth`` files load through :func:`safe_torch_load`, i.e. ``torch.load(weights_only=True)``,
+  which only rebuilds tensors and plain containers.
+- ``.pkl`` files (detectron2 and Detectron/Caffe2 checkpoints) load through
+  :class:`RestrictedUnpickler`, which only builds numpy arrays, numpy dtypes and scalars, plain
+  containers and Python scalars. Anything else (``os.system``, ``eval``, arbitrary classes) is
+  refused before it is called.
+
+Every failure is raised as :class:`CheckpointError` naming the file and saying what to do, never as
+a deep unpickling traceback. Writes go to a temporary file in the target directory and are moved in
+place with ``os.replace``, so a crash never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["CheckpointError", "safe_torch_load", "RestrictedUnpickler", "load_pickle", "atomic_save",
+           "atomic_write_pickle", "atomic_write_text", "atomic_write_file"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or its contents cannot be used; the message names the file or key."""
+
+
+# (module, name) pairs the restricted unpickler may resolve. numpy moved its internals from
+# numpy.core to numpy._core in 2.0; old pickles name the former, new ones the latter.
+_NUMPY_GLOBALS = {
+    ("multiarray", "_reconstruct"),   # ndarray.__reduce__ (protocols 0-4)
+    ("multiarray", "scalar"),         # numpy scalars (np.float32(1.0))
+    ("numeric", "_frombuffer"),       # ndarray.__reduce_ex__ with protocol 5
+}
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "complex"),
+    ("builtins", "slice"),
+    ("builtins", "bytearray"),
+    # Python-3 pickles of bytes at protocol <= 2 encode them with _codecs.encode(str, "latin1").
+    ("_codecs", "encode"),
+    ("codecs", "encode"),
+}
+for _pkg in ("numpy.core", "numpy._core"):
+    for _mod, _name in _NUMPY_GLOBALS:
+        _ALLOWED_GLOBALS.add((f"{_pkg}.{_mod}", _name))
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that only builds numpy arrays/dtypes/scalars, plain containers and scalars.
+
+    ``find_class`` is the only way a pickle can reach code; it is answered from an allow-list and
+    refuses everything else with :class:`pickle.UnpicklingError` naming the refused global.
+    Python-2 era Detectron pickles need ``encoding="latin1"`` (the default here).
+    """
+
+    def __init__(self, file, *, encoding: str = "latin1", **kwargs) -> None:
+        super().__init__(file, encoding=encoding, **kwargs)
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refused to load global '{module}.{name}': only numpy arrays and plain containers are "
+            f"allowed in a checkpoint pickle")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refused a persistent id: plain pickles do not use them")
+
+
+def _check_file(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint file not found: {p}")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint path is not a file: {p}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p} is empty (0 bytes); re-download it")
+    return p
+
+
+def load_pickle(path: str | os.PathLike) -> Any:
+    """Read a ``.pkl`` file through :class:`RestrictedUnpickler` (latin1 for Python-2 pickles).
+
+    Raises:
+        CheckpointError: missing/empty/truncated/corrupt file, or a pickle that asks for anything
+            beyond numpy arrays and plain containers (nothing in it is executed).
+    """
+    p = _check_file(path)
+    with open(p, "rb") as f:
+        try:
+            return RestrictedUnpickler(f).load()
+        except pickle.UnpicklingError as e:
+            if "refused" in str(e):
+                raise CheckpointError(f"{p} is not a plain weights pickle and was not loaded: {e}. "
+                                      f"Only load checkpoints from sources you trust; re-export it "
+                                      f"as a dict of numpy arrays") from None
+            raise CheckpointError(f"{p} is corrupt or not a pickle ({e}); re-download it") from None
+        except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+                UnicodeDecodeError, OverflowError, MemoryError) as e:
+            raise CheckpointError(f"{p} is truncated or corrupt ({type(e).__name__}: {e}); "
+                                  f"re-download it") from None
+
+
+def _weights_only_detail(message: str) -> tuple[bool, str]:
+    """(is it a refused global?, the one informative line) from torch's long weights_only error."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "Unsupported global" in line:
+            return True, line
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[-1].strip()
+            return False, rest or (lines[i + 1] if i + 1 < len(lines) else line)
+    return False, lines[0] if lines else "unpickling failed"
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with clear errors.
+
+    Raises:
+        CheckpointError: missing, empty, truncated or corrupt file, or a file holding arbitrary
+            Python objects (refused by ``weights_only``; nothing in it is executed).
+    """
+    p = _check_file(path)
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused, detail = _weights_only_detail(str(e))
+        if refused:
+            raise CheckpointError(f"{p} holds Python objects that weights_only loading refuses "
+                                  f"({detail}); it was not loaded. Re-save only the state dict "
+                                  f"(torch.save(model.state_dict(), ...))") from None
+        raise CheckpointError(f"{p} is corrupt or not a PyTorch file ({detail}); re-download it") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
+            UnicodeDecodeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{p} is truncated or corrupt ({first}); re-download it") from None
+
+
+def atomic_write_file(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Call ``write(f)`` on a temp file next to ``path``, fsync it, then ``os.replace`` it in place."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` atomically (temp file in the same directory + ``os.replace``)."""
+    return atomic_write_file(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_pickle(obj: Any, path: str | os.PathLike, protocol: int = 4) -> Path:
+    """Pickle ``obj`` to ``path`` atomically; protocol 4 keeps files readable by older Pythons."""
+    return atomic_write_file(path, lambda f: pickle.dump(obj, f, protocol=protocol))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write UTF-8 text to ``path`` atomically."""
+    return atomic_write_file(path, lambda f: f.write(text.encode("utf-8")))

@@ -1,0 +1,347 @@
+"""The task-agnostic training loop.
+
+:class:`Trainer` asks a :class:`~gn_det.engine.task.Task` for the model, the train loader and the
+evaluator, and supplies everything else: device placement and DDP, SGD with per-kind param
+groups, warmup + step lr schedule, a global batch (``SOLVER.IMS_PER_BATCH``) split into
+micro-batches per rank with gradient accumulation, optional AMP and gradient clipping,
+non-finite loss detection, checkpoints with exact resume, periodic evaluation and logging.
+
+Batch arithmetic: ``micro-batch per rank = IMS_PER_BATCH / (world size * ACCUM_STEPS)``. Each
+micro-batch's loss is scaled by ``1 / ACCUM_STEPS`` and DDP synchronizes gradients only on
+the last micro-batch of a step, so one optimizer step sees the gradient of the mean loss over
+``IMS_PER_BATCH`` images, exactly, for any model whose loss is a per-image mean and whose
+layers do not mix images in a batch (GN, FrozenBN; *not* BN, whose batch statistics depend
+on the micro-batch: that is why accumulation does not rescue BN at 1-2 images per GPU).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+from contextlib import nullcontext
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..checkpoint.io import CheckpointError, safe_torch_load
+from ..config import ConfigError
+from ..utils import comm
+from ..utils.events import ConsoleWriter, EventStorage, JSONWriter, TensorboardWriter
+from . import hooks as hooks_mod
+from .checkpoint import Checkpointer, load_model_state, restore_rng_state
+from .evaluate import evaluate_task
+from .lr_scheduler import build_lr_scheduler
+from .optimizer import build_optimizer
+from .task import Task, get_task
+
+__all__ = ["Trainer", "micro_batch_size", "resolve_device", "load_model_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+def micro_batch_size(cfg, world_size: int) -> int:
+    """Samples per rank per micro-batch: ``IMS_PER_BATCH / (world_size * ACCUM_STEPS)``.
+
+    Raises:
+        ConfigError: when that is not a positive whole number.
+    """
+    ims, accum = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.ACCUM_STEPS
+    if accum < 1:
+        raise ConfigError(f"SOLVER.ACCUM_STEPS must be >= 1, got {accum}")
+    per_step = world_size * accum
+    if ims <= 0 or ims % per_step:
+        lower = max(per_step, ims - ims % per_step)
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH ({ims}) must be a positive multiple of world size ({world_size}) "
+            f"x SOLVER.ACCUM_STEPS ({accum}) = {per_step}, so that every rank gets a whole number of "
+            f"images per micro-batch. Use SOLVER.IMS_PER_BATCH {lower} or {lower + per_step}, or change "
+            f"SOLVER.ACCUM_STEPS / --num-gpus.")
+    return ims // per_step
+
+
+def resolve_device(name: str) -> torch.device:
+    """MODEL.DEVICE -> device: "auto" is this rank's GPU when CUDA is available, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("MODEL.DEVICE is 'cuda' but CUDA is not available; use 'cpu' or 'auto'")
+        return torch.device("cuda", comm.get_local_rank())
+    return torch.device(name)
+
+
+def load_model_weights(model: nn.Module, path: str, task: Task | None = None) -> None:
+    """Initialize ``model`` from ``path`` (MODEL.WEIGHTS) for a fresh run.
+
+    The task decides how when it has ``load_weights(model, path)`` (format conversion, key
+    renaming); otherwise ``path`` must be a gn_det checkpoint (its "model" entry) or a plain
+    state dict, loaded non-strictly with missing/unexpected keys reported.
+    """
+    if task is not None and hasattr(task, "load_weights"):
+        task.load_weights(model, path)
+        return
+    data = safe_torch_load(path)
+    state = data["model"] if isinstance(data, dict) and "model" in data else data
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no model state dict (expected a gn_det checkpoint or "
+                              f"a dict of tensors)")
+    load_model_state(model, state, path)
+
+
+def _accepts_kwarg(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+class Trainer:
+    """Train ``task``'s model as ``cfg`` says.
+
+    Args:
+        cfg: a frozen config (:func:`gn_det.config.load_config`), usually after
+            :func:`gn_det.engine.setup.default_setup`.
+        task: the task; default ``get_task(cfg.TASK)``.
+
+    Typical use, in every process of the job::
+
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+    """
+
+    def __init__(self, cfg, task: Task | None = None):
+        self.cfg = cfg
+        self.task = task if task is not None else get_task(cfg.TASK)
+        self.world_size = comm.get_world_size()
+        self.accum_steps = cfg.SOLVER.ACCUM_STEPS
+        self.micro_batch_size = micro_batch_size(cfg, self.world_size)
+        self.device = resolve_device(cfg.MODEL.DEVICE)
+
+        model = self.task.build_model(cfg).to(self.device)
+        self.unwrapped_model: nn.Module = model
+        self.optimizer = build_optimizer(cfg, model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        self.amp_dtype, self.scaler = self._setup_amp()
+        if self.world_size > 1:
+            model = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=getattr(self.task, "find_unused_parameters", False))
+        self.model: nn.Module = model
+        self.checkpointer = Checkpointer(self.unwrapped_model, cfg.OUTPUT_DIR, optimizer=self.optimizer,
+                                         scheduler=self.scheduler, scaler=self.scaler)
+        self.start_iter = 0
+        self.iter = -1
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.finished = False
+        self.last_eval_results: dict | None = None
+        self.storage: EventStorage | None = None
+        self._rng_to_restore: dict | None = None
+        self._data_iter: Iterator | None = None
+        # The lr logged is that of the largest param group (the plain weights).
+        self._lr_group = max(range(len(self.optimizer.param_groups)),
+                             key=lambda i: len(self.optimizer.param_groups[i]["params"]))
+        self.hooks: list[hooks_mod.HookBase] = []
+        self.register_hooks(self.build_hooks())
+        logger.info("World size %d, %d image(s) per rank per micro-batch, %d micro-batch(es) per step, "
+                    "%d images per step; device %s", self.world_size, self.micro_batch_size,
+                    self.accum_steps, cfg.SOLVER.IMS_PER_BATCH, self.device)
+
+    # ----------------------------------------------------------------------------- setup
+    def _setup_amp(self) -> tuple[torch.dtype | None, Any]:
+        if not self.cfg.SOLVER.AMP.ENABLED:
+            return None, None
+        if self.device.type == "cuda":
+            return torch.float16, torch.amp.GradScaler("cuda")
+        logger.info("SOLVER.AMP on %s: bfloat16 autocast, no GradScaler (bf16 has fp32's range)",
+                    self.device.type)
+        return torch.bfloat16, None
+
+    def build_hooks(self) -> list[hooks_mod.HookBase]:
+        """Checkpointer, evaluation, then writers (see :mod:`gn_det.engine.hooks` for the order)."""
+        cfg = self.cfg
+        hooks: list[hooks_mod.HookBase] = [hooks_mod.PeriodicCheckpointer(cfg.SOLVER.CHECKPOINT_PERIOD),
+                                           hooks_mod.EvalHook(cfg.TEST.EVAL_PERIOD)]
+        if comm.is_main_process():
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            # Writers open their files when training starts (start_iter is known by then).
+            hooks.append(hooks_mod.PeriodicWriter(
+                lambda: [ConsoleWriter(self.max_iter),
+                         JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), self.start_iter),
+                         TensorboardWriter(cfg.OUTPUT_DIR)], cfg.LOG_PERIOD))
+        return hooks
+
+    def register_hooks(self, hooks: Iterable[hooks_mod.HookBase]) -> None:
+        for h in hooks:
+            h.trainer = self
+            self.hooks.append(h)
+
+    # ---------------------------------------------------------------------- checkpoints
+    def resume_or_load(self, resume: bool = True) -> None:
+        """With ``resume`` and a ``last_checkpoint`` in OUTPUT_DIR: restore the full training state
+        and continue after its iteration. Otherwise start at 0 from MODEL.WEIGHTS (if set)."""
+        path = self.checkpointer.get_checkpoint_file() if resume else None
+        if path is not None:
+            data = self.checkpointer.load(path)
+            self.start_iter = int(data["iteration"]) + 1
+            states = data.get("rng_states") or []
+            if len(states) == self.world_size:
+                self._rng_to_restore = states[comm.get_rank()]
+            else:
+                logger.warning("%s was saved by %d processes, this run has %d: RNG states not restored, "
+                               "the run will not continue exactly", path, len(states), self.world_size)
+            logger.info("Resuming from %s at iteration %d", path, self.start_iter)
+            return
+        if resume:
+            logger.info("--resume: no checkpoint in %s, starting from iteration 0", self.cfg.OUTPUT_DIR)
+        elif self.checkpointer.get_checkpoint_file() is not None:
+            logger.warning("%s holds checkpoints of an earlier run; starting fresh (no --resume) overwrites "
+                           "them and appends to its metrics.json", self.cfg.OUTPUT_DIR)
+        self.start_iter = 0
+        if self.cfg.MODEL.WEIGHTS:
+            load_model_weights(self.unwrapped_model, self.cfg.MODEL.WEIGHTS, self.task)
+
+    def save_checkpoint(self, name: str) -> str:
+        """Save the full training state as ``{OUTPUT_DIR}/{name}.pth`` (call on every rank)."""
+        return self.checkpointer.save(name, iteration=self.iter)
+
+    def _last_good_checkpoint(self) -> str:
+        try:
+            path = self.checkpointer.get_checkpoint_file()
+        except CheckpointError as e:
+            return f"none usable ({e})"
+        return path if path else f"none yet (no checkpoint written in {self.cfg.OUTPUT_DIR})"
+
+    # ---------------------------------------------------------------------------- train
+    def _build_train_loader(self) -> Iterable:
+        # Micro-batches this rank already consumed; a task that accepts it resumes its data order.
+        consumed = self.start_iter * self.accum_steps
+        build = self.task.build_train_loader
+        if _accepts_kwarg(build, "skip_batches"):
+            return build(self.cfg, self.micro_batch_size, skip_batches=consumed)
+        if consumed:
+            logger.warning("%s.build_train_loader has no skip_batches argument: after resume its data "
+                           "order restarts, so the run will not continue exactly as if never stopped",
+                           type(self.task).__name__)
+        return build(self.cfg, self.micro_batch_size)
+
+    def train(self) -> dict | None:
+        """Run iterations ``start_iter .. MAX_ITER-1``; returns the last evaluation results."""
+        logger.info("Starting training from iteration %d", self.start_iter)
+        self._data_iter = iter(self._build_train_loader())
+        if self._rng_to_restore is not None:
+            # After the loader is built, so the random stream continues where it was saved.
+            restore_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+        self.model.train()
+        self.iter = self.start_iter - 1
+        self.finished = False
+        bar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
+                   disable=not comm.is_main_process())
+        with EventStorage(self.start_iter) as self.storage:
+            try:
+                for h in self.hooks:
+                    h.before_train()
+                for self.iter in range(self.start_iter, self.max_iter):
+                    self.storage.iter = self.iter
+                    for h in self.hooks:
+                        h.before_step()
+                    self.run_step()
+                    for h in self.hooks:
+                        h.after_step()
+                    bar.update(1)
+                self.finished = True
+            finally:
+                bar.close()
+                for h in self.hooks:
+                    h.after_train()
+        return self.last_eval_results
+
+    def _next_batch(self) -> Any:
+        try:
+            return next(self._data_iter)
+        except StopIteration:
+            raise RuntimeError(f"{type(self.task).__name__}'s train loader ended at iteration {self.iter}; "
+                               f"build_train_loader must return an endless iterable") from None
+
+    def run_step(self) -> None:
+        """One optimizer step over ``ACCUM_STEPS`` micro-batches."""
+        start = time.perf_counter()
+        data_time = 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        for k in range(self.accum_steps):
+            t0 = time.perf_counter()
+            batch = self._next_batch()
+            data_time += time.perf_counter() - t0
+            last = k == self.accum_steps - 1
+            # Gradients are all-reduced only once per step, on the last micro-batch.
+            sync = self.model.no_sync() if (self.world_size > 1 and not last) else nullcontext()
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    loss_dict = self._check_loss_dict(self.model(batch))
+                loss = sum(loss_dict.values())
+                if not comm.all_true(bool(torch.isfinite(loss).item())):
+                    raise FloatingPointError(self._non_finite_message(loss_dict))
+                loss = loss / self.accum_steps
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            for name, value in loss_dict.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float()
+
+        grad_norm = self._clip_gradients()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        lr = self.optimizer.param_groups[self._lr_group]["lr"]
+        self.scheduler.step()
+
+        losses = comm.reduce_dict({k: v / self.accum_steps for k, v in sums.items()})
+        scalars = {k: float(v) for k, v in losses.items()}
+        self.storage.put_scalars(total_loss=sum(scalars.values()), **scalars, lr=lr,
+                                 time=time.perf_counter() - start, data_time=data_time)
+        if grad_norm is not None:
+            self.storage.put_scalar("grad_norm", grad_norm)
+
+    def _check_loss_dict(self, loss_dict: Any) -> dict[str, torch.Tensor]:
+        if not isinstance(loss_dict, dict) or not loss_dict or not all(
+                isinstance(v, torch.Tensor) and v.numel() == 1 for v in loss_dict.values()):
+            raise TypeError(f"In train mode, the model of task {type(self.task).__name__} must return a "
+                            f"non-empty dict of scalar loss tensors, got {type(loss_dict).__name__}")
+        return {k: v.reshape(()) for k, v in loss_dict.items()}
+
+    def _non_finite_message(self, loss_dict: dict[str, torch.Tensor]) -> str:
+        values = ", ".join(f"{k}={v.item():.4g}" for k, v in loss_dict.items())
+        return (f"Loss became non-finite at iteration {self.iter} (on at least one rank; here: {values}). "
+                f"Training stopped. Last good checkpoint: {self._last_good_checkpoint()}. "
+                f"Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS, "
+                f"then rerun (add --resume to continue from that checkpoint).")
+
+    def _clip_gradients(self) -> float | None:
+        clip = self.cfg.SOLVER.CLIP_GRADIENTS
+        if not clip.ENABLED:
+            return None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if clip.CLIP_TYPE == "norm":
+            return float(torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, clip.NORM_TYPE))
+        if clip.CLIP_TYPE == "value":
+            torch.nn.utils.clip_grad_value_(params, clip.CLIP_VALUE)
+            return None
+        raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be 'norm' or 'value', got {clip.CLIP_TYPE!r}")
+
+    # ----------------------------------------------------------------------------- test
+    @staticmethod
+    def test(cfg, model: nn.Module, task: Task | None = None) -> dict:
+        """Evaluate ``model`` (not DDP-wrapped) on DATASETS.TEST; ``{dataset: {kind: {metric: v}}}``."""
+        task = task if task is not None else get_task(cfg.TASK)
+        return evaluate_task(cfg, model, task)

@@ -1,0 +1,190 @@
+"""Training events: a per-iteration scalar store and the writers that publish it.
+
+* :class:`EventStorage` keeps every scalar's history (fvcore ``HistoryBuffer``);
+* :class:`JSONWriter` appends one JSON dict per iteration to ``metrics.json`` (detectron2's
+  convention: ``{"iteration": 19, "loss_cls": ..., "lr": ..., "time": ...}``). Values are those
+  of that iteration (losses averaged over ranks and micro-batches), not smoothed, so runs can be
+  compared line by line;
+* :class:`TensorboardWriter` writes the same scalars as TensorBoard events;
+* :class:`ConsoleWriter` logs iteration, losses (median of the last 20), lr, time/iter, ETA.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from collections import defaultdict
+
+import torch
+from fvcore.common.history_buffer import HistoryBuffer
+
+__all__ = ["EventStorage", "get_event_storage", "EventWriter", "JSONWriter", "TensorboardWriter",
+           "ConsoleWriter"]
+
+_CURRENT_STORAGE: list["EventStorage"] = []
+
+
+def get_event_storage() -> "EventStorage":
+    """The storage of the training loop now running (inside ``with EventStorage(...)``)."""
+    if not _CURRENT_STORAGE:
+        raise RuntimeError("get_event_storage() must be called inside a 'with EventStorage(...)' block")
+    return _CURRENT_STORAGE[-1]
+
+
+class EventStorage:
+    """Scalars by name, each with its history of (value, iteration)."""
+
+    def __init__(self, start_iter: int = 0):
+        self.iter = start_iter
+        self._history: dict[str, HistoryBuffer] = defaultdict(HistoryBuffer)
+        self._latest: dict[str, tuple[float, int]] = {}
+
+    def put_scalar(self, name: str, value: float | torch.Tensor) -> None:
+        value = float(value.detach().item() if isinstance(value, torch.Tensor) else value)
+        self._history[name].update(value, self.iter)
+        self._latest[name] = (value, self.iter)
+
+    def put_scalars(self, **kwargs: float | torch.Tensor) -> None:
+        for name, value in kwargs.items():
+            self.put_scalar(name, value)
+
+    def history(self, name: str) -> HistoryBuffer:
+        if name not in self._history:
+            raise KeyError(f"No scalar named {name!r} was recorded")
+        return self._history[name]
+
+    def histories(self) -> dict[str, HistoryBuffer]:
+        return dict(self._history)
+
+    def latest(self) -> dict[str, tuple[float, int]]:
+        """``{name: (value, iteration)}`` of each scalar's newest value."""
+        return dict(self._latest)
+
+    def __enter__(self) -> "EventStorage":
+        _CURRENT_STORAGE.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert _CURRENT_STORAGE[-1] is self
+        _CURRENT_STORAGE.pop()
+
+
+class EventWriter:
+    """Publishes what :class:`EventStorage` holds; ``write`` is called every LOG_PERIOD iterations."""
+
+    def write(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _NewScalarsMixin:
+    """Tracks, per scalar, the newest iteration already written."""
+
+    def _new_by_iteration(self) -> dict[int, dict[str, float]]:
+        written: dict[str, int] = self.__dict__.setdefault("_written", {})
+        by_iter: dict[int, dict[str, float]] = defaultdict(dict)
+        for name, (value, it) in get_event_storage().latest().items():
+            if it > written.get(name, -1):
+                by_iter[it][name] = value
+                written[name] = it
+        return dict(sorted(by_iter.items()))
+
+
+class JSONWriter(_NewScalarsMixin, EventWriter):
+    """Appends one line per iteration to ``json_file``.
+
+    Args:
+        json_file: the metrics.json path; a resumed run appends to it.
+        start_iter: lines of iterations >= ``start_iter`` (written by a run that crashed after
+            its last checkpoint) are dropped first, so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, json_file: str, start_iter: int = 0):
+        if start_iter > 0 and os.path.isfile(json_file):
+            _drop_lines_from(json_file, start_iter)
+        self._file = open(json_file, "a", encoding="utf-8")
+
+    def write(self) -> None:
+        for it, scalars in self._new_by_iteration().items():
+            self._file.write(json.dumps({"iteration": it, **scalars}, sort_keys=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _drop_lines_from(json_file: str, start_iter: int) -> None:
+    from ..checkpoint.io import atomic_write_text
+
+    with open(json_file, encoding="utf-8") as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("iteration", -1) >= start_iter:
+                continue
+        except (json.JSONDecodeError, AttributeError):
+            pass  # keep what we cannot read rather than lose it
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+        atomic_write_text("".join(kept), json_file)
+
+
+class TensorboardWriter(_NewScalarsMixin, EventWriter):
+    """TensorBoard event files under ``log_dir`` (torch.utils.tensorboard)."""
+
+    def __init__(self, log_dir: str):
+        from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
+
+        self._writer = SummaryWriter(log_dir)
+
+    def write(self) -> None:
+        for it, scalars in self._new_by_iteration().items():
+            for name, value in scalars.items():
+                self._writer.add_scalar(name, value, it)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class ConsoleWriter(EventWriter):
+    """Logs ``iter``, ETA, losses (median over ``window`` iterations), time/iter, data time, lr."""
+
+    def __init__(self, max_iter: int, window: int = 20):
+        self.max_iter = max_iter
+        self.window = window
+        self.logger = logging.getLogger("gn_det.train")
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        latest = storage.latest()
+        if "total_loss" not in latest:
+            return
+        it = latest["total_loss"][1]
+        if it == getattr(self, "_last_printed", None):
+            return
+        self._last_printed = it
+        h = storage.histories()
+        parts = [f"iter: {it + 1}/{self.max_iter}"]
+        if "time" in h:
+            sec = h["time"].median(self.window)
+            eta = datetime.timedelta(seconds=int(sec * (self.max_iter - it - 1)))
+            parts.insert(0, f"eta: {eta}")
+        losses = [f"{k}: {h[k].median(self.window):.4g}" for k in sorted(h)
+                  if k.startswith("loss") or k == "total_loss"]
+        parts += losses
+        if "time" in h:
+            parts.append(f"time: {h['time'].median(self.window):.4f}")
+        if "data_time" in h:
+            parts.append(f"data_time: {h['data_time'].median(self.window):.4f}")
+        if "lr" in latest:
+            parts.append(f"lr: {latest['lr'][0]:.5g}")
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            parts.append(f"max_mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}M")
+        self.logger.info("  ".join(parts))
