@@ -1,0 +1,366 @@
+"""A map-style dataset over a COCO-format instances json (read through pycocotools).
+
+What it does, as COCO training code does it:
+
+- Category ids (sparse in COCO) map to contiguous labels 1..K by sorted id; 0 is background
+  (torchvision's convention). The reverse map is kept for evaluation.
+- Masks come from polygons, compressed RLE or uncompressed RLE alike.
+- Crowd regions (``iscrowd=1``) never become training targets.
+- With ``filter_empty`` (training), images with no annotation or only crowd annotations are
+  dropped, and the counts are logged: ``kept N of M images: X without annotations,
+  Y with only crowd, Z bad``.
+- Bad input never crashes deep inside a worker: a bad annotation (checked up front), a
+  missing or corrupt image (found on load) raises :class:`DatasetError` naming the json,
+  the annotation id or the image file; with ``skip_bad`` the image is dropped and counted
+  instead (bad annotations at construction, bad images on load as a :class:`SkippedSample`
+  that the loader drops, counts and reports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DatasetError",
+    "SkippedSample",
+    "FilterStats",
+    "CocoDetectionDataset",
+    "load_coco_json",
+    "contiguous_category_maps",
+]
+
+logger = logging.getLogger(__name__)
+
+_SKIP_HINT = "set DATALOADER.SKIP_BAD_SAMPLES True to skip such images (counted and reported)"
+
+
+class DatasetError(RuntimeError):
+    """A dataset file or annotation is missing or invalid. The message names it.
+
+    A plain single-message exception, so the DataLoader can re-raise it in the main process.
+    """
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """Returned instead of a sample when ``skip_bad`` is on and the image could not be used."""
+
+    file_name: str
+    reason: str
+
+
+@dataclass
+class FilterStats:
+    """How many images a dataset kept, and why it dropped the others."""
+
+    total: int = 0
+    kept: int = 0
+    without_annotations: int = 0
+    only_crowd: int = 0
+    bad: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"kept {self.kept} of {self.total} images: {self.without_annotations} without "
+            f"annotations, {self.only_crowd} with only crowd, {self.bad} bad"
+        )
+
+
+def load_coco_json(json_file: str) -> COCO:
+    """A pycocotools ``COCO`` index of ``json_file``; clear errors for a missing or broken file."""
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"COCO annotation file not found: {json_file}")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        try:
+            coco = COCO(json_file)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{json_file} is not valid json: {e}") from e
+        except (KeyError, TypeError, AttributeError) as e:
+            raise DatasetError(f"{json_file} is not a COCO instances file ({type(e).__name__}: {e})") from e
+    for key in ("images", "annotations", "categories"):
+        if key not in coco.dataset:
+            raise DatasetError(f"{json_file} is not a COCO instances file: no {key!r} list")
+    return coco
+
+
+def contiguous_category_maps(categories: list[dict]) -> tuple[list[str], dict[int, int]]:
+    """Class names and the label -> category id map: labels 1..K follow the sorted ids."""
+    cats = sorted(categories, key=lambda c: c["id"])
+    return [c["name"] for c in cats], {i + 1: int(c["id"]) for i, c in enumerate(cats)}
+
+
+def _annotation_problem(ann: dict, image: dict, category_ids: set[int]) -> str | None:
+    """Why ``ann`` cannot be used, or None. Drops (in place) polygon parts with < 3 points."""
+    if ann.get("category_id") not in category_ids:
+        return f"category_id {ann.get('category_id')!r} is not in the json's categories"
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return f"bbox {bbox!r} is not [x, y, width, height]"
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox):
+        return f"bbox {bbox!r} has a non-finite value"
+    if bbox[2] <= 0 or bbox[3] <= 0:
+        return f"bbox {bbox!r} has a non-positive width or height"
+    seg = ann.get("segmentation")
+    if seg is None:
+        return "no segmentation"
+    if isinstance(seg, list):
+        # As detectron2 does: drop degenerate parts, fail only when none is left.
+        valid = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+        if not valid:
+            return "polygon segmentation has no part with >= 3 points"
+        ann["segmentation"] = valid
+    elif isinstance(seg, dict):
+        if "counts" not in seg or "size" not in seg:
+            return "RLE segmentation lacks 'counts' or 'size'"
+        if list(seg["size"]) != [image["height"], image["width"]]:
+            return f"RLE size {seg['size']} differs from the image size {[image['height'], image['width']]}"
+    else:
+        return f"segmentation of type {type(seg).__name__} is neither polygons nor RLE"
+    return None
+
+
+def _decode_mask(seg: list | dict, h: int, w: int) -> np.ndarray:
+    """Binary (H, W) uint8 mask from polygons, uncompressed RLE or compressed RLE."""
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    elif isinstance(seg["counts"], list):
+        rle = mask_utils.frPyObjects(seg, h, w)
+    else:
+        rle = seg
+    return mask_utils.decode(rle)
+
+
+class _PackedRecords:
+    """A list of dicts stored as one pickled byte buffer.
+
+    DataLoader workers are forked; touching millions of small Python objects (refcounts)
+    would copy their pages into every worker, growing memory with the worker count. One
+    numpy buffer is shared as is (the reason detectron2 serializes its dataset lists too).
+    """
+
+    def __init__(self, records: list[dict]):
+        blobs = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]
+        self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+        self._buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> dict:
+        start = int(self._ends[index - 1]) if index > 0 else 0
+        return pickle.loads(self._buffer[start:int(self._ends[index])].tobytes())
+
+
+class CocoDetectionDataset(Dataset):
+    """COCO-format instance segmentation samples.
+
+    ``dataset[i]`` (or ``dataset[(i, seed)]``, the seed driving random augmentation) returns::
+
+        {"image": float32 Tensor[3, H, W], RGB 0-255, after ``transform``,
+         "image_id": int, "height": original H, "width": original W, "file_name": str,
+         "instances": {"boxes": float32 Tensor[N, 4] xyxy in transformed pixels,
+                       "labels": int64 Tensor[N] in 1..K,
+                       "masks": uint8 Tensor[N, H, W]}}
+
+    or a :class:`SkippedSample` when the image is bad and ``skip_bad`` is on.
+
+    Args:
+        json_file: COCO instances json.
+        image_root: folder the json's ``file_name`` entries are relative to.
+        filter_empty: drop images without non-crowd annotations (training).
+        skip_bad: drop and count bad annotations/images instead of raising.
+        transform: ``transform(image, boxes, masks, generator) -> (image, boxes, masks, keep)``
+            on a uint8 (3, H, W) image, xyxy boxes and uint8 masks, ``keep`` selecting the
+            labels of the boxes kept (see :class:`gn_det.data.transforms.DetectionTransform`);
+            None: no transform.
+        with_masks: decode masks (False for box-only models: saves time).
+        name: dataset name, for messages.
+    """
+
+    def __init__(
+        self,
+        json_file: str,
+        image_root: str,
+        *,
+        filter_empty: bool = True,
+        skip_bad: bool = False,
+        transform: Callable | None = None,
+        with_masks: bool = True,
+        name: str | None = None,
+    ) -> None:
+        self.json_file = str(json_file)
+        self.image_root = str(image_root)
+        self.name = name or os.path.basename(self.json_file)
+        self.skip_bad = skip_bad
+        self.transform = transform
+        self.with_masks = with_masks
+
+        coco = load_coco_json(self.json_file)
+        self.class_names, self.label_to_category_id = contiguous_category_maps(
+            coco.dataset["categories"]
+        )
+        self.category_id_to_label = {c: lbl for lbl, c in self.label_to_category_id.items()}
+        self.stats = FilterStats()
+        records = self._index(coco, filter_empty)
+        self._records = _PackedRecords(records)
+        self._groups = np.array([0 if r["width"] >= r["height"] else 1 for r in records], np.int8)
+        del coco, records  # the packed copy is all we keep
+        if filter_empty:
+            logger.info("%s: %s", self.name, self.stats.summary())
+        else:
+            logger.info(
+                "%s: kept %d of %d images (empty images kept): %d bad",
+                self.name, self.stats.kept, self.stats.total, self.stats.bad,
+            )
+
+    # ------------------------------------------------------------------ index
+    def _index(self, coco: COCO, filter_empty: bool) -> list[dict]:
+        """One compact record per usable image; counts the others in ``self.stats``."""
+        category_ids = set(self.category_id_to_label)
+        records = []
+        for image_id in sorted(coco.imgs):
+            image = coco.imgs[image_id]
+            self.stats.total += 1
+            missing = [k for k in ("file_name", "height", "width") if k not in image]
+            if missing:
+                self._bad(f"{self.json_file}: image id {image_id} has no {missing} field")
+                continue
+            anns = [a for a in coco.imgToAnns.get(image_id, []) if not a.get("ignore", 0)]
+            problem = next(
+                ((a, p) for a in anns if (p := _annotation_problem(a, image, category_ids))), None
+            )
+            if problem is not None:
+                ann, why = problem
+                self._bad(
+                    f"{self.json_file}: annotation id {ann.get('id')} of image "
+                    f"{image['file_name']!r} (id {image_id}): {why}"
+                )
+                continue
+            instances = [a for a in anns if not a.get("iscrowd", 0)]
+            if filter_empty and not anns:
+                self.stats.without_annotations += 1
+                continue
+            if filter_empty and not instances:
+                self.stats.only_crowd += 1
+                continue
+            records.append(
+                {
+                    "image_id": int(image_id),
+                    "file_name": image["file_name"],
+                    "height": int(image["height"]),
+                    "width": int(image["width"]),
+                    "annotations": [
+                        {
+                            "bbox": a["bbox"],
+                            "label": self.category_id_to_label[a["category_id"]],
+                            "segmentation": a["segmentation"],
+                        }
+                        for a in instances
+                    ],
+                }
+            )
+        self.stats.kept = len(records)
+        return records
+
+    def _bad(self, message: str) -> None:
+        if not self.skip_bad:
+            raise DatasetError(f"{message}. Fix it, or {_SKIP_HINT}")
+        logger.warning("skipping: %s", message)
+        self.stats.bad += 1
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def aspect_ratio_groups(self) -> list[int]:
+        """0 for landscape (or square) images, 1 for portrait ones, from the json's sizes."""
+        return self._groups.tolist()
+
+    def image_path(self, index: int) -> str:
+        return os.path.join(self.image_root, self._records[index]["file_name"])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | SkippedSample:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        path = self.image_path(index)
+        try:
+            return self._load(index, path, seed)
+        except DatasetError as e:
+            if self.skip_bad:
+                return SkippedSample(path, str(e))
+            raise
+        except Exception as e:  # anything else: name the file, keep the cause
+            message = f"{path}: failed to prepare the sample ({type(e).__name__}: {e})"
+            if self.skip_bad:
+                return SkippedSample(path, message)
+            raise DatasetError(message) from e
+
+    def _load(self, index: int, path: str, seed: int | None) -> dict[str, Any]:
+        record = self._records[index]
+        h, w = record["height"], record["width"]
+        image = self._read_image(path, record)
+
+        anns = record["annotations"]
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        labels = torch.tensor([a["label"] for a in anns], dtype=torch.int64)
+        if self.with_masks and anns:
+            masks = torch.from_numpy(np.stack([_decode_mask(a["segmentation"], h, w) for a in anns]))
+        else:
+            masks = torch.zeros((len(anns) if self.with_masks else 0, h, w), dtype=torch.uint8)
+
+        if self.transform is not None:
+            generator = torch.Generator()
+            generator.manual_seed(seed if seed is not None else index)
+            image, boxes, masks, keep = self.transform(image, boxes, masks, generator)
+            labels = labels[keep]
+        instances = {"boxes": boxes.as_subclass(torch.Tensor), "labels": labels}
+        if self.with_masks:
+            instances["masks"] = masks.as_subclass(torch.Tensor)
+        return {
+            "image": image.as_subclass(torch.Tensor).float(),
+            "image_id": record["image_id"],
+            "height": h,
+            "width": w,
+            "file_name": path,
+            "instances": instances,
+        }
+
+    def _read_image(self, path: str, record: dict) -> torch.Tensor:
+        """uint8 (3, H, W) RGB; DatasetError naming the file if missing, corrupt or mis-sized."""
+        where = f"image id {record['image_id']} of {self.json_file}"
+        if not os.path.isfile(path):
+            raise DatasetError(
+                f"image file not found: {path} ({where}); check that the dataset's image_root "
+                f"({self.image_root}) holds the json's file_name entries, or {_SKIP_HINT}"
+            )
+        try:
+            with Image.open(path) as im:
+                im.load()  # decode now: a truncated file fails here, not later
+                rgb = im.convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise DatasetError(
+                f"cannot decode image {path} ({where}): {e}; the file is corrupt or not an image"
+            ) from e
+        if (rgb.height, rgb.width) != (record["height"], record["width"]):
+            raise DatasetError(
+                f"image {path} is {rgb.width}x{rgb.height} but the json ({where}) says "
+                f"{record['width']}x{record['height']}"
+            )
+        return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
