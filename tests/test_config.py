@@ -81,3 +81,12 @@ def test_file_errors(tmp_path):
         load_config(broken)
     with pytest.raises(ConfigError, match="odd number.*'SOLVER.BASE_LR' has no value"):
         load_config(None, ["SOLVER.BASE_LR"])
+
+
+def test_detectron2_tuple_style_values_in_yaml(tmp_path):
+    # detectron2's configs write tuples as strings: TRAIN: ("coco_2017_train",)
+    path = _write(tmp_path / "d2.yaml", 'DATASETS:\n  TRAIN: ("a_train", "b_train")\n  TEST: ("a_val",)\n'
+                                         "INPUT:\n  MIN_SIZE_TRAIN: (640, 672, 704)\n")
+    cfg = load_config(path)
+    assert cfg.DATASETS.TRAIN == ("a_train", "b_train") and cfg.DATASETS.TEST == ("a_val",)
+    assert cfg.INPUT.MIN_SIZE_TRAIN == (640, 672, 704)

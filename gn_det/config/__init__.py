@@ -91,7 +91,8 @@ def _merge_file(cfg: CfgNode, config_file: str) -> None:
     for full_key, value in _flatten(loaded):
         _check_key(cfg, full_key.split("."), source=f"config file {config_file}")
         try:
-            _set(cfg, full_key, value)
+            # Decode as yacs does, so detectron2's tuple style `TRAIN: ("coco_2017_train",)` works.
+            _set(cfg, full_key, CfgNode._decode_cfg_value(value))
         except ValueError as e:
             raise ConfigError(_type_message(cfg, full_key, value, e, f"config file {config_file}")) from None
 

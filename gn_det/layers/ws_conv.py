@@ -57,8 +57,8 @@ def standardize_weight(weight: torch.Tensor, mode: str = "authors") -> torch.Ten
     """Standardize a conv weight per output channel, over all other dims."""
     cfg = get_ws_config(mode)
     dims = tuple(range(1, weight.dim()))
-    mean = weight.mean(dim=dims, keepdim=True)
-    var = weight.var(dim=dims, unbiased=cfg.unbiased, keepdim=True)
+    # One fused pass for both moments: this runs on every forward of every WS conv.
+    var, mean = torch.var_mean(weight, dim=dims, correction=int(cfg.unbiased), keepdim=True)
     if cfg.eps_inside_sqrt:
         return (weight - mean) * torch.rsqrt(var + cfg.eps)
     return (weight - mean) / (var.sqrt() + cfg.eps)
