@@ -20,6 +20,7 @@ import itertools
 import logging
 from typing import Iterable, Iterator
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 # get_dataset_metadata is re-exported: the evaluator and the model builder look datasets up here.
@@ -150,6 +151,7 @@ def build_detection_train_loader(cfg, micro_batch_size: int, *, skip_batches: in
         batch_sampler=batch_sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=_list_collate,
+        generator=_loader_generator(cfg),
     )
     return _SkipBadSamples(loader)
 
@@ -168,8 +170,16 @@ def build_detection_test_loader(cfg, dataset_name: str) -> Iterable[list[dict]]:
         sampler=InferenceSampler(len(dataset)),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=_list_collate,
+        generator=_loader_generator(cfg),
     )
     return _SkipBadSamples(loader)
+
+
+def _loader_generator(cfg) -> torch.Generator:
+    # DataLoader draws its workers' base seed when iteration starts; from its own generator rather
+    # than the global RNG, so starting the loader never shifts the training random stream (a
+    # resumed run restores that stream from its checkpoint and must continue it exactly).
+    return torch.Generator().manual_seed(max(int(cfg.SEED), 0))
 
 
 def _check_num_classes(cfg, name: str, num_classes: int) -> None:

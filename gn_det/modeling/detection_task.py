@@ -38,11 +38,15 @@ class DetectionTask:
 
         return build_mask_rcnn(cfg)
 
-    def build_train_loader(self, cfg, micro_batch_size: int) -> Iterable:
-        """Endless micro-batches of ``micro_batch_size`` images for this rank from DATASETS.TRAIN."""
+    def build_train_loader(self, cfg, micro_batch_size: int, skip_batches: int = 0) -> Iterable:
+        """Endless micro-batches of ``micro_batch_size`` images for this rank from DATASETS.TRAIN.
+
+        ``skip_batches`` (set by the engine on --resume) fast-forwards the sample stream, so a
+        resumed run sees the same images and augmentations as one that never stopped.
+        """
         from gn_det.data import build_detection_train_loader
 
-        return build_detection_train_loader(cfg, micro_batch_size)
+        return build_detection_train_loader(cfg, micro_batch_size, skip_batches=skip_batches)
 
     def build_test_loader(self, cfg, dataset_name: str) -> Iterable:
         """One pass over ``dataset_name`` (this rank's share), test-time resize only."""
