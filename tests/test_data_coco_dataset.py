@@ -85,7 +85,7 @@ def test_crowd_excluded_and_empty_images_filtered_with_counts(tmp_path, caplog):
 @pytest.mark.parametrize(
     "bad, why",
     [
-        (dict(bbox=(10, 5, 0, 20)), "non-positive width or height"),
+        (dict(bbox=(10, 5, 20)), "is not [x, y, width, height]"),
         (dict(category_id=99), "category_id 99 is not in"),
         (dict(segmentation=[[1.0, 2.0, 3.0, 4.0]]), "no part with >= 3 points"),
         (dict(segmentation={"size": [H + 1, W], "counts": "abc"}), "differs from the image size"),
@@ -101,6 +101,17 @@ def test_bad_annotation_is_an_error_naming_it_or_a_counted_skip(tmp_path, caplog
         ds = CocoDetectionDataset(*files, skip_bad=True)
     assert len(ds) == 1 and ds.stats.bad == 1
     assert "kept 1 of 2 images: 0 without annotations, 0 with only crowd, 1 bad" in caplog.text
+
+
+def test_zero_size_boxes_drop_the_annotation_not_the_image(tmp_path, caplog):
+    # COCO train2017 has such boxes (e.g. annotation 918: bbox [296.65, 388.33, 1.03, 0.0]).
+    anns = [_ann(1, 1), _ann(2, 1, bbox=(10, 5, 1.03, 0.0)), _ann(3, 2, bbox=(10, 5, 0, 20))]
+    files = write_dataset(tmp_path, anns, num_images=2)
+    with caplog.at_level(logging.INFO, logger="gn_det.data.coco_dataset"):
+        ds = CocoDetectionDataset(*files, filter_empty=True, name="deg")
+    assert ds.stats.degenerate_boxes == 2 and ds.stats.bad == 0
+    assert len(ds) == 1 and ds[0]["instances"]["boxes"].shape == (1, 4)
+    assert "1 without annotations" in caplog.text and "dropped 2 annotations with a zero-width" in caplog.text
 
 
 def test_degenerate_polygon_parts_are_dropped_when_a_valid_part_remains(tmp_path):

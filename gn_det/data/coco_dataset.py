@@ -73,11 +73,13 @@ class FilterStats:
     without_annotations: int = 0
     only_crowd: int = 0
     bad: int = 0
+    degenerate_boxes: int = 0  # annotations dropped, not images
 
     def summary(self) -> str:
         return (
             f"kept {self.kept} of {self.total} images: {self.without_annotations} without "
-            f"annotations, {self.only_crowd} with only crowd, {self.bad} bad"
+            f"annotations, {self.only_crowd} with only crowd, {self.bad} bad; dropped "
+            f"{self.degenerate_boxes} annotations with a zero-width or zero-height box"
         )
 
 
@@ -102,6 +104,13 @@ def contiguous_category_maps(categories: list[dict]) -> tuple[list[str], dict[in
     """Class names and the label -> category id map: labels 1..K follow the sorted ids."""
     cats = sorted(categories, key=lambda c: c["id"])
     return [c["name"] for c in cats], {i + 1: int(c["id"]) for i, c in enumerate(cats)}
+
+
+def _is_degenerate_box(bbox) -> bool:
+    """A well-formed, finite [x, y, w, h] box with zero (or negative) width or height."""
+    return (isinstance(bbox, (list, tuple)) and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+            and (bbox[2] <= 0 or bbox[3] <= 0))
 
 
 def _annotation_problem(ann: dict, image: dict, category_ids: set[int]) -> str | None:
@@ -241,6 +250,11 @@ class CocoDetectionDataset(Dataset):
                 self._bad(f"{self.json_file}: image id {image_id} has no {missing} field")
                 continue
             anns = [a for a in coco.imgToAnns.get(image_id, []) if not a.get("ignore", 0)]
+            # Zero-area boxes mark no object (COCO train2017 has two, e.g. annotation 918): drop
+            # and count the annotation, as detectron2 does, rather than the image or the run.
+            kept_anns = [a for a in anns if not _is_degenerate_box(a.get("bbox"))]
+            self.stats.degenerate_boxes += len(anns) - len(kept_anns)
+            anns = kept_anns
             problem = next(
                 ((a, p) for a in anns if (p := _annotation_problem(a, image, category_ids))), None
             )
