@@ -10,7 +10,7 @@ from torch import nn
 
 from gn_det.checkpoint import (Checkpoint, CheckpointError, convert_name, detect_format, load_into_model,
                                load_pickle, make_meta, read_checkpoint, write_checkpoint)
-from gn_det.convert import build_torchvision_resnet, convert_model, infer_resnet_arch, set_stride_in_1x1
+from gn_det.convert import build_resnet_for_arch, convert_model, infer_resnet_arch, set_stride_in_1x1
 
 torch.set_num_threads(1)
 
@@ -105,7 +105,7 @@ def test_caffe2_bn_model_loads_as_frozen_bn_and_reproduces_scale_bias(tmp_path, 
     assert ckpt.meta["source_format"] == "caffe2" and ckpt.meta["norm"] == "FrozenBN"
     assert ckpt.meta["stride_in_1x1"] is True  # MSRA convention
     assert sum(v == "optimizer momentum blob" for v in ckpt.dropped.values()) == 54
-    model = build_torchvision_resnet("resnet50", "FrozenBN", stride_in_1x1=True)
+    model = build_resnet_for_arch("resnet50", "FrozenBN", stride_in_1x1=True)
     report = load_into_model(model, ckpt, stride_in_1x1=True)
     assert report.unused == [] and report.missing == []
     loaded = model.state_dict()
@@ -123,7 +123,7 @@ def test_caffe2_gn_model_flat_blobs(tmp_path, r50_state):
     _write_caffe2(path, r50_state, "gn", wrap_blobs=False, momentum=False)
     ckpt = read_checkpoint(path)
     assert ckpt.meta["norm"] == "GN" and ckpt.meta["stride_in_1x1"] is False  # FAIR GN models
-    model = build_torchvision_resnet("resnet50", "GN")
+    model = build_resnet_for_arch("resnet50", "GN")
     load_into_model(model, ckpt, stride_in_1x1=False)
     assert torch.equal(model.layer3[5].bn3.weight, r50_state["layer3.5.bn3.weight"])
 
@@ -246,10 +246,10 @@ def test_ws_weights_refused_by_a_model_without_ws(r18):
     ws_model, _ = convert_model(torchvision.models.resnet18(num_classes=7), "GN+WS")
     ckpt = Checkpoint(dict(ws_model.state_dict()), make_meta("gn_det", "GN", ws=True, stride_in_1x1=False,
                                                              stride_source="test"))
-    plain_gn = build_torchvision_resnet("resnet18", "GN", num_classes=7)
+    plain_gn = build_resnet_for_arch("resnet18", "GN", num_classes=7)
     with pytest.raises(CheckpointError, match="Weight-Standardized"):
         load_into_model(plain_gn, ckpt, stride_in_1x1=False)
-    load_into_model(build_torchvision_resnet("resnet18", "GN+WS", num_classes=7), ckpt, stride_in_1x1=False)
+    load_into_model(build_resnet_for_arch("resnet18", "GN+WS", num_classes=7), ckpt, stride_in_1x1=False)
 
 
 def test_infer_arch():

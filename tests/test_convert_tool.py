@@ -13,7 +13,7 @@ from torch import nn
 
 from gn_det.checkpoint import convert_name, load_into_model, load_pickle, read_checkpoint, safe_torch_load
 from gn_det.cli.convert_checkpoint import main
-from gn_det.convert import build_torchvision_resnet
+from gn_det.convert import build_resnet_for_arch
 from gn_det.layers import WSConv2d
 
 torch.set_num_threads(1)
@@ -52,7 +52,7 @@ def test_convert_to_gn_ws_gn_det_format(r18_file, tmp_path, capsys):
     report = json.loads(out.with_suffix(".report.json").read_text())
     assert len(report["conversion"]["replaced"]) == 20 and len(report["conversion"]["ws_convs"]) == 20
     assert len(report["conversion"]["dropped_keys"]) == 60 and report["load"]["missing"] == []
-    model = build_torchvision_resnet("resnet18", "GN+WS", num_classes=5)
+    model = build_resnet_for_arch("resnet18", "GN+WS", num_classes=5)
     load_into_model(model, read_checkpoint(out), stride_in_1x1=False)
     assert isinstance(model.layer1[0].conv1, WSConv2d)
 
@@ -110,7 +110,7 @@ def test_missing_and_corrupt_input(tmp_path, capsys):
 
 def test_caffe2_stride_rebuilt_to_match(tmp_path):
     # A stride-on-1x1 checkpoint is loaded into a model rebuilt with that placement, and kept recorded.
-    model = build_torchvision_resnet("resnet50", "BN", stride_in_1x1=True, num_classes=None)
+    model = build_resnet_for_arch("resnet50", "BN", stride_in_1x1=True, num_classes=None)
     blobs = {convert_name(k, "torchvision", "caffe2"): v.numpy() for k, v in model.state_dict().items()
              if convert_name(k, "torchvision", "caffe2") and not k.endswith(("running_mean", "running_var"))}
     src = tmp_path / "R-50.pkl"

@@ -32,7 +32,7 @@ from ..checkpoint.formats import FORMATS, OUTPUT_FORMATS, Checkpoint, make_meta,
 from ..checkpoint.io import CheckpointError, atomic_write_text
 from ..checkpoint.loading import load_into_model
 from ..convert.surgery import convert_model
-from ..convert.torchvision_resnet import RESNET_ARCHS, build_torchvision_resnet, infer_resnet_arch
+from ..convert.resnet_arch import RESNET_ARCHS, build_resnet_for_arch, infer_resnet_arch
 from ..layers.norm import parse_norm
 from ..layers.ws_conv import fold_ws
 
@@ -113,7 +113,7 @@ def convert(args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     arch = args.arch or infer_resnet_arch(ckpt.state_dict)
     fc = ckpt.state_dict.get("fc.weight")
-    model = build_torchvision_resnet(arch, _source_norm(ckpt.meta, args.num_groups),
+    model = build_resnet_for_arch(arch, _source_norm(ckpt.meta, args.num_groups),
                                      stride_in_1x1=bool(stride_in_1x1),
                                      num_classes=None if fc is None else fc.shape[0])
     timings["build"] = time.perf_counter() - t

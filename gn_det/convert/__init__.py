@@ -2,10 +2,10 @@
 
 from .report import ConversionReport, LeftAlone, ReplacedNorm
 from .surgery import BATCH_NORM_TYPES, convert_model, find_conv_norm_edges
-from .torchvision_resnet import RESNET_ARCHS, build_torchvision_resnet, infer_resnet_arch, set_stride_in_1x1
+from .resnet_arch import RESNET_ARCHS, build_resnet_for_arch, infer_resnet_arch, set_stride_in_1x1
 
 __all__ = ["ConversionReport", "LeftAlone", "ReplacedNorm", "BATCH_NORM_TYPES", "convert_model",
-           "find_conv_norm_edges", "RESNET_ARCHS", "build_torchvision_resnet", "infer_resnet_arch",
+           "find_conv_norm_edges", "RESNET_ARCHS", "build_resnet_for_arch", "infer_resnet_arch",
            "set_stride_in_1x1", "calibrate"]
 
 
