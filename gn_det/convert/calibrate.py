@@ -38,15 +38,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from gn_det.layers.frozen_bn import FrozenBatchNorm
+from gn_det.layers.conv_norm import BATCH_NORM_TYPES
 
 __all__ = ["CalibrationError", "LayerCalibration", "CalibrationReport", "calibrate", "match_norm_layers"]
 
-try:  # torchvision's frozen BN (used by its detection models) is a BN-type reference too
-    from torchvision.ops.misc import FrozenBatchNorm2d as _TVFrozenBN
-    _BN_TYPES: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm, _TVFrozenBN)
-except ImportError:  # pragma: no cover - torchvision is a dependency
-    _BN_TYPES = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm)
 
 # A reference channel whose std is below this fraction of the layer's largest std is treated as
 # constant (e.g. BN gamma = 0): the GN channel becomes constant too (gamma 0, beta = its mean).
@@ -146,7 +141,7 @@ def match_norm_layers(reference: nn.Module, converted: nn.Module
         if ref is None:
             skipped.append((name, "no module of this name in the reference network"))
             continue
-        if not isinstance(ref, _BN_TYPES):
+        if not isinstance(ref, BATCH_NORM_TYPES):
             skipped.append((name, f"reference module is {type(ref).__name__}, not a BatchNorm"))
             continue
         ref_channels = getattr(ref, "num_features", None)
@@ -161,12 +156,12 @@ def match_norm_layers(reference: nn.Module, converted: nn.Module
                                    "gamma/beta to calibrate; build it with affine=True")
         pairs.append((name, ref, module))
     for name, ref in ref_modules.items():
-        if isinstance(ref, _BN_TYPES) and not isinstance(conv_modules.get(name), nn.GroupNorm):
+        if isinstance(ref, BATCH_NORM_TYPES) and not isinstance(conv_modules.get(name), nn.GroupNorm):
             found = type(conv_modules[name]).__name__ if name in conv_modules else "nothing"
             skipped.append((name, f"reference BatchNorm has no GroupNorm counterpart (found {found})"))
     if not pairs:
         n_gn = sum(isinstance(m, nn.GroupNorm) for m in conv_modules.values())
-        n_bn = sum(isinstance(m, _BN_TYPES) for m in ref_modules.values())
+        n_bn = sum(isinstance(m, BATCH_NORM_TYPES) for m in ref_modules.values())
         examples = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
         raise CalibrationError(f"No GroupNorm layer of the converted network matches a BatchNorm layer "
                                f"of the reference by module name (converted has {n_gn} GroupNorm "

@@ -31,26 +31,19 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d as TVFrozenBatchNorm2d
 
-from ..layers.frozen_bn import FrozenBatchNorm
+from ..layers.conv_norm import BATCH_NORM_TYPES, NORM_TYPES, WS_COUNTERPARTS, is_norm, to_ws_conv
 from ..layers.norm import NormSpec, create_norm, parse_norm
 from ..layers.ws_conv import WSConv2d, WSConv3d
 from .report import ConversionReport, LeftAlone, ReplacedNorm
 
 __all__ = ["convert_model", "BATCH_NORM_TYPES", "find_conv_norm_edges"]
 
-BATCH_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, TVFrozenBatchNorm2d, FrozenBatchNorm)
-_OTHER_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+_OTHER_NORMS = tuple(t for t in NORM_TYPES if t not in BATCH_NORM_TYPES)
 _CLASS_DIMS = ((nn.BatchNorm1d, 1), (nn.BatchNorm2d, 2), (nn.BatchNorm3d, 3), (TVFrozenBatchNorm2d, 2))
-_WS_CLASSES = {nn.Conv2d: WSConv2d, nn.Conv3d: WSConv3d}
-_NORM_TYPES = BATCH_NORM_TYPES + _OTHER_NORMS
 
 
 def _is_conv(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.conv._ConvNd)
-
-
-def _is_norm(m: nn.Module) -> bool:
-    return isinstance(m, _NORM_TYPES)
 
 
 def _join(parent: str, child: str) -> str:
@@ -60,7 +53,7 @@ def _join(parent: str, child: str) -> str:
 def _owned_norm_edges(modules: dict[str, nn.Module]) -> dict[str, str]:
     """detectron2-style convs holding their norm as ``.norm``: {norm name: conv name}."""
     return {_join(name, "norm"): name for name, m in modules.items()
-            if _is_conv(m) and _is_norm(getattr(m, "norm", None) or nn.Identity())}
+            if _is_conv(m) and is_norm(getattr(m, "norm", None) or nn.Identity())}
 
 
 def _heuristic_edges(model: nn.Module, modules: dict[str, nn.Module]) -> dict[str, str]:
@@ -68,11 +61,11 @@ def _heuristic_edges(model: nn.Module, modules: dict[str, nn.Module]) -> dict[st
     for parent_name, parent in modules.items():
         children = list(parent.named_children())
         for (a_name, a), (b_name, b) in zip(children, children[1:]):
-            if _is_conv(a) and _is_norm(b):
+            if _is_conv(a) and is_norm(b):
                 edges[_join(parent_name, b_name)] = _join(parent_name, a_name)
         names = dict(children)
         for child_name, child in children:
-            if not _is_norm(child):
+            if not is_norm(child):
                 continue
             partner = None
             if child_name.startswith("bn") and child_name[2:].isdigit():
@@ -111,7 +104,7 @@ def _traced_edges(model: nn.Module, modules: dict[str, nn.Module],
     for name, m in modules.items():
         if _is_conv(m):
             handles.append(m.register_forward_hook(conv_hook(name)))
-        elif _is_norm(m):
+        elif is_norm(m):
             handles.append(m.register_forward_pre_hook(norm_hook(name)))
     modes = {m: m.training for m in model.modules()}
     try:
@@ -203,20 +196,11 @@ def _build_norm(spec: NormSpec, name: str, old: nn.Module, dim: int,
     return new, transferred, dropped
 
 
-def _make_ws(conv: nn.Module, spec: NormSpec) -> nn.Module:
-    ws = _WS_CLASSES[type(conv)].from_conv(conv, ws_mode=spec.ws_mode)
-    ws.train(conv.training)
-    ws.weight.requires_grad_(conv.weight.requires_grad)
-    if ws.bias is not None:
-        ws.bias.requires_grad_(conv.bias.requires_grad)
-    return ws
-
-
 def _ws_refusal(conv: nn.Module) -> str | None:
     if isinstance(conv, (WSConv2d, WSConv3d)):
         return "already Weight-Standardized"
-    if type(conv) not in _WS_CLASSES:
-        what = "a subclass with its own forward" if isinstance(conv, tuple(_WS_CLASSES)) else "not Conv2d/3d"
+    if type(conv) not in WS_COUNTERPARTS:
+        what = "a subclass with its own forward" if isinstance(conv, tuple(WS_COUNTERPARTS)) else "not Conv2d/3d"
         return f"feeds a norm but is {what}; no WS counterpart, swap it by hand"
     return None
 
@@ -275,7 +259,7 @@ def convert_model(model: nn.Module, norm: str | NormSpec = "GN", *, example_inpu
                 continue
             refusal = _ws_refusal(m) if name in feeding else "does not feed a norm layer"
             if refusal is None:
-                ws_plans.append((name, _make_ws(m, spec)))
+                ws_plans.append((name, to_ws_conv(m, spec.ws_mode)))
                 report.ws_convs.append(name)
             else:
                 report.left_alone.append(LeftAlone(name, type(m).__name__, refusal))

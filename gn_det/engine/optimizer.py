@@ -14,15 +14,10 @@ from __future__ import annotations
 from torch import nn
 from torch.optim import SGD, Optimizer
 
-__all__ = ["NORM_MODULE_TYPES", "get_param_groups", "build_optimizer"]
+from ..layers.conv_norm import is_norm
 
-NORM_MODULE_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._BatchNorm,  # BatchNorm1d/2d/3d and SyncBatchNorm
-    nn.GroupNorm,  # GN, and LN/IN as the factory makes them
-    nn.LayerNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.LocalResponseNorm,
-)
+__all__ = ["get_param_groups", "build_optimizer"]
+
 
 
 def get_param_groups(model: nn.Module, base_lr: float, weight_decay: float,
@@ -37,13 +32,13 @@ def get_param_groups(model: nn.Module, base_lr: float, weight_decay: float,
     seen: set[int] = set()
     groups: dict[tuple[float, float], dict] = {}
     for module_name, module in model.named_modules():
-        is_norm = isinstance(module, NORM_MODULE_TYPES)
+        norm_module = is_norm(module)
         for param_name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
             is_bias = param_name == "bias"
-            wd = wd_norm if is_norm else (wd_bias if is_bias else weight_decay)
+            wd = wd_norm if norm_module else (wd_bias if is_bias else weight_decay)
             lr = base_lr * bias_lr_factor if is_bias else base_lr
             group = groups.setdefault((lr, wd), {"params": [], "names": [], "lr": lr, "weight_decay": wd})
             group["params"].append(p)

@@ -1,4 +1,9 @@
-"""Weight-Standardize the convs that feed a norm layer inside torchvision-built modules.
+"""Which modules are norms, and how a conv feeding one becomes Weight-Standardized.
+
+The norm-type lists and :func:`to_ws_conv` are shared by the model builders, the converter's
+surgery, calibration and the optimizer's param groups, so they all agree on what a norm is.
+
+Weight-Standardize the convs that feed a norm layer inside torchvision-built modules:
 
 torchvision's FPN and detection heads build their layers with ``Conv2dNormActivation``,
 which always uses a plain ``nn.Conv2d`` and offers no hook for the conv class. WS belongs
@@ -10,21 +15,37 @@ same weights and state-dict keys.
 from __future__ import annotations
 
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d as TVFrozenBatchNorm2d
 
 from .frozen_bn import FrozenBatchNorm
 from .norm import NormSpec, parse_norm
 from .ws_conv import WSConv2d, WSConv3d
 
-__all__ = ["NORM_TYPES", "is_norm", "standardize_conv_norm_pairs"]
+__all__ = ["BATCH_NORM_TYPES", "NORM_TYPES", "WS_COUNTERPARTS", "is_norm", "to_ws_conv",
+           "standardize_conv_norm_pairs"]
 
-# Every class the norm factory can return for a real norm (nn.Identity means "no norm").
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, FrozenBatchNorm)
-_WS_FOR_PLAIN = {nn.Conv2d: WSConv2d, nn.Conv3d: WSConv3d}
+# The BatchNorm family: BatchNorm1d/2d/3d, SyncBatchNorm, torchvision's and gn_det's FrozenBN.
+BATCH_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, TVFrozenBatchNorm2d, FrozenBatchNorm)
+# Every norm layer: the BN family, GN (and LN/IN as the factory makes them) and torch's other norms.
+NORM_TYPES = BATCH_NORM_TYPES + (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
+                                 nn.LocalResponseNorm)
+# Exact plain conv type -> its WS version (subclasses may have their own forward: no counterpart).
+WS_COUNTERPARTS = {nn.Conv2d: WSConv2d, nn.Conv3d: WSConv3d}
 
 
 def is_norm(module: nn.Module) -> bool:
-    """True for any norm layer the factory makes (BN, SyncBN, FrozenBN, GN/LN/IN)."""
+    """True for any norm layer (BN, SyncBN, FrozenBN, GN/LN/IN, ...)."""
     return isinstance(module, NORM_TYPES)
+
+
+def to_ws_conv(conv: nn.Module, ws_mode: str = "authors") -> nn.Module:
+    """The WS version of a plain Conv2d/Conv3d: same weights, keys, train mode and requires_grad."""
+    ws = WS_COUNTERPARTS[type(conv)].from_conv(conv, ws_mode=ws_mode)
+    ws.train(conv.training)
+    ws.weight.requires_grad_(conv.weight.requires_grad)
+    if ws.bias is not None:
+        ws.bias.requires_grad_(conv.bias.requires_grad)
+    return ws
 
 
 def standardize_conv_norm_pairs(module: nn.Module, norm: str | NormSpec) -> int:
@@ -47,8 +68,8 @@ def standardize_conv_norm_pairs(module: nn.Module, norm: str | NormSpec) -> int:
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         children = list(seq.named_children())
         for (name, conv), (_, nxt) in zip(children, children[1:]):
-            ws_cls = _WS_FOR_PLAIN.get(type(conv))  # exact type: WS convs subclass nn.Conv2d
-            if ws_cls is not None and is_norm(nxt):
-                setattr(seq, name, ws_cls.from_conv(conv, ws_mode=spec.ws_mode))
+            # exact type: WS convs subclass nn.Conv2d
+            if type(conv) in WS_COUNTERPARTS and is_norm(nxt):
+                setattr(seq, name, to_ws_conv(conv, spec.ws_mode))
                 replaced += 1
     return replaced

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["WSConfig", "WS_MODES", "standardize_weight", "WSConv2d", "WSConv3d", "fold_ws"]
