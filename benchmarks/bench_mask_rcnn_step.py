@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from gn_det.checkpoint.io import atomic_write_text
 from gn_det.config import load_config
@@ -62,7 +63,7 @@ def time_config(path: str, iters: int, warmup: int, batch_size: int, objects: in
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     batch = fake_batch(batch_size, int(cfg.INPUT.MIN_SIZE_TEST), objects, int(cfg.MODEL.ROI_HEADS.NUM_CLASSES))
     steps, forwards = [], []
-    for i in range(warmup + iters):
+    for i in tqdm(range(warmup + iters), desc=Path(path).name, leave=False):
         start = time.perf_counter()
         loss = sum(model(batch).values())
         mid = time.perf_counter()

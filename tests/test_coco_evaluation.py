@@ -16,7 +16,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from gn_det.config import get_cfg
-from gn_det.data import generate_synthetic_coco, get_dataset_metadata, register_coco_instances
+from gn_det.data import DatasetError, generate_synthetic_coco, get_dataset_metadata, register_coco_instances
 from gn_det.engine.task import get_task
 from gn_det.evaluation import COCOEvaluator
 from gn_det.evaluation.coco_evaluation import RESULTS_FILE, COCODatasetInfo
@@ -192,7 +192,7 @@ def test_bad_inputs_raise_clear_errors(coco_json, tmp_path):
         COCOEvaluator(str(tmp_path / "missing.json"), None)
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    with pytest.raises(ValueError, match="broken.json is not a valid COCO annotation file"):
+    with pytest.raises(DatasetError, match="broken.json is not valid json"):
         COCOEvaluator(str(broken), None)
 
 

@@ -9,14 +9,13 @@ from torch import nn
 
 from gn_det.config import get_cfg
 from gn_det.layers import FrozenBatchNorm, WSConv2d, WSConv3d
-from gn_det.layers.conv_norm import standardize_conv_norm_pairs
+from gn_det.layers.conv_norm import BATCH_NORM_TYPES, standardize_conv_norm_pairs
 from gn_det.modeling.backbone.fpn import build_resnet_fpn_backbone
 from gn_det.modeling.backbone.resnet import STAGE_NAMES, build_resnet, build_resnet_from_cfg
 
 torch.set_num_threads(1)
 
 NORMS = ["FrozenBN", "BN", "SyncBN", "GN", "GN+WS", "LN", "IN", ""]
-_BN_TYPES = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm)
 
 
 def _expected_norm_type(norm: str) -> type | None:
@@ -81,7 +80,7 @@ def test_resnet_uses_exactly_the_requested_norm_and_conv(norm):
         else:
             assert type(m) is expected, name
     if norm in ("GN", "GN+WS", "LN", "IN"):
-        assert not any(isinstance(m, _BN_TYPES) for m in model.modules())
+        assert not any(isinstance(m, BATCH_NORM_TYPES) for m in model.modules())
     groups = {n: m.num_groups for n, m in layers.items() if isinstance(m, nn.GroupNorm)}
     if norm.startswith("GN"):
         assert set(groups.values()) == {32}
@@ -137,7 +136,7 @@ def test_freeze_at_freezes_stages_and_their_bn_statistics(freeze_at):
         frozen = i < freeze_at
         params = [p for m in model.stage_modules(stage) for p in m.parameters()]
         assert params and all(p.requires_grad != frozen for p in params), stage
-        norms = [m for m in model.stage_modules(stage) for m in m.modules() if isinstance(m, _BN_TYPES)]
+        norms = [m for m in model.stage_modules(stage) for m in m.modules() if isinstance(m, BATCH_NORM_TYPES)]
         assert norms and all(isinstance(n, FrozenBatchNorm) == frozen for n in norms), stage
     before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
     model.train()
@@ -227,7 +226,7 @@ def test_fpn_norms_and_ws_convs(norm):
         else:
             assert type(block[1]) is expected
     if norm.startswith("GN"):
-        assert not any(isinstance(m, _BN_TYPES) for m in backbone.modules())
+        assert not any(isinstance(m, BATCH_NORM_TYPES) for m in backbone.modules())
     backbone.eval()
     with torch.no_grad():
         feats = backbone(torch.randn(1, 3, 128, 96))

@@ -14,6 +14,7 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from gn_det.checkpoint import Checkpoint, CheckpointError, make_meta, write_checkpoint
 from gn_det.config import load_config
 from gn_det.layers import FrozenBatchNorm, WSConv2d
+from gn_det.layers.conv_norm import BATCH_NORM_TYPES
 from gn_det.modeling.mask_rcnn import GNMaskRCNN, build_mask_rcnn, load_mask_rcnn_weights, to_original_size
 
 torch.set_num_threads(1)
@@ -22,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_CFG = ROOT / "configs" / "synthetic" / "mask_rcnn_R_18_FPN_test.yaml"
 NORMS = ["FrozenBN", "BN", "GN", "GN+WS", "LN", "IN", ""]
 PARTS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM")
-_BN_TYPES = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm)
 
 
 def _cfg(*opts, norm: str | None = None):
@@ -93,7 +93,7 @@ def test_every_part_uses_the_requested_norm_and_ws_exactly_where_asked(norm):
     parts = {"body": model.backbone.body, "fpn": model.backbone.fpn, "box": model.roi_heads.box_head,
              "mask": model.roi_heads.mask_head}
     for name, part in parts.items():
-        norms = [m for m in part.modules() if isinstance(m, (*_BN_TYPES, nn.GroupNorm))]
+        norms = [m for m in part.modules() if isinstance(m, (*BATCH_NORM_TYPES, nn.GroupNorm))]
         if expected is None:
             assert norms == [], name
         else:
@@ -101,7 +101,7 @@ def test_every_part_uses_the_requested_norm_and_ws_exactly_where_asked(norm):
         convs = [m for m in part.modules() if isinstance(m, nn.Conv2d)]
         assert convs and all(isinstance(c, WSConv2d) == norm.endswith("+WS") for c in convs), name
     if norm.startswith(("GN", "LN", "IN")):
-        assert not any(isinstance(m, _BN_TYPES) for m in model.modules())
+        assert not any(isinstance(m, BATCH_NORM_TYPES) for m in model.modules())
     # Convs that feed no norm are never standardized: RPN head and predictors.
     for part in (model.rpn.head, model.roi_heads.mask_predictor):
         assert not any(isinstance(m, WSConv2d) for m in part.modules())

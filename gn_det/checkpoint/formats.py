@@ -47,10 +47,10 @@ import torch
 
 from .. import __version__
 from .io import CheckpointError, atomic_save, atomic_write_pickle, load_pickle, safe_torch_load
-from .names import caffe2_norm_kind, format_name, parse_name
+from .names import caffe2_norm_kind, convert_name, format_name, parse_name
 
-__all__ = ["FORMATS", "Checkpoint", "detect_format", "read_checkpoint", "write_checkpoint",
-           "make_meta", "FOLDED_BN_EPS"]
+__all__ = ["FORMATS", "OUTPUT_FORMATS", "Checkpoint", "detect_format", "read_checkpoint",
+           "write_checkpoint", "check_output_format", "make_meta", "FOLDED_BN_EPS"]
 
 FORMATS = ("torchvision", "gn_det", "detectron2", "caffe2")
 OUTPUT_FORMATS = ("gn_det", "torchvision", "detectron2")
@@ -101,12 +101,16 @@ def _load_raw(path: Path, source_format: str) -> Any:
 _WRAPPERS = ("model", "state_dict")
 
 
-def _unwrap(raw: dict, ckpt: Checkpoint) -> dict:
-    """The weights dict inside a training-script wrapper (other top-level entries are listed as dropped)."""
-    for wrapper in _WRAPPERS:
+def _unwrap(raw: dict, ckpt: Checkpoint, wrappers: tuple[str, ...] = _WRAPPERS,
+            known: tuple[str, ...] = ()) -> dict:
+    """The weights dict inside a wrapper such as ``{"model": ...}``, or ``raw`` itself.
+
+    Other top-level entries (except the format's ``known`` ones) are listed as dropped.
+    """
+    for wrapper in wrappers:
         if isinstance(raw.get(wrapper), dict):
             for key in raw:
-                if key != wrapper:
+                if key != wrapper and key not in known:
                     ckpt.dropped[str(key)] = f"top-level entry beside {wrapper!r}"
             return raw[wrapper]
     return raw
@@ -200,11 +204,7 @@ def _add_folded_bn_stats(ckpt: Checkpoint) -> None:
 
 
 def _read_caffe2(raw: dict, ckpt: Checkpoint, stride_in_1x1: bool | None) -> None:
-    blobs = raw["blobs"] if isinstance(raw.get("blobs"), dict) else raw
-    if blobs is not raw:
-        for key in raw:
-            if key != "blobs":
-                ckpt.dropped[str(key)] = "top-level entry beside 'blobs'"
+    blobs = _unwrap(raw, ckpt, ("blobs",))
     kept = {}
     for name, value in blobs.items():
         if isinstance(name, str) and name.endswith("_momentum"):
@@ -225,13 +225,10 @@ def _read_caffe2(raw: dict, ckpt: Checkpoint, stride_in_1x1: bool | None) -> Non
 
 
 def _read_detectron2(raw: dict, ckpt: Checkpoint, stride_in_1x1: bool | None) -> None:
-    model = raw.get("model", raw)
-    if not isinstance(model, dict):
+    if "model" in raw and not isinstance(raw["model"], dict):
         raise CheckpointError(f"{ckpt.path}: detectron2 checkpoint's 'model' is a "
-                              f"{type(model).__name__}, expected a dict of arrays")
-    for key in raw:
-        if model is not raw and key not in ("model", "__author__", "matching_heuristics", "gn_det_meta"):
-            ckpt.dropped[str(key)] = "top-level entry beside 'model'"
+                              f"{type(raw['model']).__name__}, expected a dict of arrays")
+    model = _unwrap(raw, ckpt, ("model",), known=("__author__", "matching_heuristics", "gn_det_meta"))
     _rename(model, "detectron2", ckpt)
     saved = raw.get("gn_det_meta") if isinstance(raw.get("gn_det_meta"), dict) else None
     author = str(raw.get("__author__", ""))
@@ -304,6 +301,27 @@ def read_checkpoint(path: str | os.PathLike, source_format: str = "auto", *,
     return ckpt
 
 
+def check_output_format(output_format: str, *, ws: bool, stride_in_1x1: bool) -> None:
+    """Refuse an output format that cannot hold these weights faithfully (before any slow work).
+
+    Raises:
+        CheckpointError: an unknown format, or a torchvision ``.pth`` of WS or stride-on-1x1
+            weights (torchvision ResNets have plain convs and the stride on the 3x3, so such a file
+            would load silently wrong).
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise CheckpointError(f"unknown output format {output_format!r}; choose one of {OUTPUT_FORMATS}")
+    if output_format != "torchvision":
+        return
+    if ws:
+        raise CheckpointError("torchvision ResNets have no WS convs, so GN+WS weights in a torchvision "
+                              ".pth would load silently wrong; use --output-format gn_det")
+    if stride_in_1x1:
+        raise CheckpointError("these weights put the stride on the 1x1 conv, but torchvision ResNets "
+                              "put it on the 3x3: a torchvision .pth would load silently wrong; "
+                              "use --output-format gn_det or detectron2")
+
+
 def _plain_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in ckpt.state_dict.items()}
 
@@ -318,26 +336,21 @@ def write_checkpoint(ckpt: Checkpoint, path: str | os.PathLike, output_format: s
         CheckpointError: torchvision output of stride-on-1x1 weights (torchvision models put the
             stride on the 3x3 conv, so such a file would load silently wrong), or an unknown format.
     """
-    if output_format not in OUTPUT_FORMATS:
-        raise CheckpointError(f"unknown output format {output_format!r}; choose one of {OUTPUT_FORMATS}")
+    check_output_format(output_format, ws=bool(ckpt.meta.get("ws")),
+                        stride_in_1x1=bool(ckpt.meta.get("stride_in_1x1")))
     state = _plain_state_dict(ckpt)
     if output_format == "gn_det":
         atomic_save({"model": state, "meta": dict(ckpt.meta)}, path)
         return []
     if output_format == "torchvision":
-        if ckpt.meta.get("stride_in_1x1"):
-            raise CheckpointError("these weights put the stride on the 1x1 conv, but torchvision ResNets "
-                                  "put it on the 3x3: a torchvision .pth would load silently wrong; "
-                                  "use --output-format gn_det or detectron2")
         atomic_save(state, path)
         return []
     model, skipped = {}, []
     for name, value in state.items():
-        target = None
-        parsed = parse_name(name, "torchvision")
-        if parsed is not None:
-            target = format_name(parsed, "detectron2")
-        if target is None or parsed.param == "num_batches_tracked":
+        # detectron2 has no num_batches_tracked (its FrozenBN/BN never count steps)
+        target = None if name.endswith("num_batches_tracked") else convert_name(name, "torchvision",
+                                                                                 "detectron2")
+        if target is None:
             skipped.append(name)
             continue
         model[target] = value.numpy()

@@ -65,9 +65,9 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _listing(keys: list[str]) -> str:
+def _listing(keys: list[str], sep: str = ", ") -> str:
     more = f" ... and {len(keys) - _LIST_LIMIT} more" if len(keys) > _LIST_LIMIT else ""
-    return ", ".join(keys[:_LIST_LIMIT]) + more
+    return sep.join(keys[:_LIST_LIMIT]) + more
 
 
 def _actual_stride_in_1x1(model: nn.Module) -> bool | None:
@@ -152,9 +152,7 @@ def load_into_model(model: nn.Module, ckpt: Checkpoint | str | os.PathLike, *, s
         elif tuple(src.shape) != tuple(dest.shape):
             mismatches.append(f"{prefix + key}: checkpoint {tuple(src.shape)} vs model {tuple(dest.shape)}")
     if mismatches:
-        raise CheckpointError(f"shape mismatch loading {where}: " + "; ".join(mismatches[:_LIST_LIMIT])
-                              + (f" ... and {len(mismatches) - _LIST_LIMIT} more" if len(mismatches)
-                                 > _LIST_LIMIT else ""))
+        raise CheckpointError(f"shape mismatch loading {where}: {_listing(mismatches, sep='; ')}")
     if missing and not allow_missing:
         raise CheckpointError(f"{len(missing)} model tensors have no value in {where}: {_listing(missing)}; "
                               f"pass allow_missing=True (--allow-missing) to keep their initial values")

@@ -28,7 +28,8 @@ from typing import Sequence
 
 import torch
 
-from ..checkpoint.formats import FORMATS, OUTPUT_FORMATS, Checkpoint, make_meta, read_checkpoint, write_checkpoint
+from ..checkpoint.formats import (FORMATS, OUTPUT_FORMATS, Checkpoint, check_output_format, make_meta,
+                                  read_checkpoint, write_checkpoint)
 from ..checkpoint.io import CheckpointError, atomic_write_text
 from ..checkpoint.loading import load_into_model
 from ..convert.surgery import convert_model
@@ -84,18 +85,6 @@ def _calibrate(args, reference, converted):
     return calibrate(reference, converted, images.images, progress=True)
 
 
-def _check_output_format(output_format: str, target, stride_in_1x1: bool) -> None:
-    if output_format != "torchvision":
-        return
-    if target.ws:
-        raise CheckpointError("torchvision ResNets have no WS convs, so GN+WS weights in a torchvision "
-                              ".pth would load silently wrong; use --output-format gn_det")
-    if stride_in_1x1:
-        raise CheckpointError("these weights put the stride on the 1x1 conv, but torchvision ResNets put it "
-                              "on the 3x3: a torchvision .pth would load silently wrong; use --output-format "
-                              "gn_det or detectron2")
-
-
 def convert(args: argparse.Namespace) -> dict:
     """Run the conversion described by parsed ``args``; returns the JSON report (also written)."""
     timings = {}
@@ -107,7 +96,8 @@ def convert(args: argparse.Namespace) -> dict:
         raise CheckpointError(f"{args.input} does not say where its stride is (1x1 or 3x3 conv); "
                               f"pass --stride-in-1x1 true or false")
     target = parse_norm(args.norm, num_groups=args.num_groups)
-    _check_output_format(args.output_format, target, bool(stride_in_1x1))  # fail before the slow steps
+    # fail before the slow steps (write_checkpoint checks again with the final meta)
+    check_output_format(args.output_format, ws=target.ws, stride_in_1x1=bool(stride_in_1x1))
     timings["read"] = time.perf_counter() - t
 
     t = time.perf_counter()

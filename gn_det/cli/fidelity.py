@@ -40,6 +40,7 @@ from gn_det.checkpoint.io import CheckpointError, atomic_save, atomic_write_text
 from gn_det.convert.calibrate import CalibrationError, calibrate
 from gn_det.convert.fidelity import compare_to_reference, extract_features
 from gn_det.data.image_folder import ImageFolderError, load_image_folder
+from gn_det.utils.table import format_table
 from gn_det.data.synthetic_classification import (SYNTHETIC_CLASSES, make_synthetic_classification,
                                                   write_image_folder)
 
@@ -147,9 +148,9 @@ def _prepare_synthetic(args, image_size: int, progress: bool) -> tuple[nn.Module
             "epochs": args.epochs, "train_per_class": args.train_per_class,
             "num_classes": len(SYNTHETIC_CLASSES)}
     ckpt_path = work / f"bn_{args.arch}.pth"
-    model = torchvision.models.get_model(args.arch, num_classes=len(SYNTHETIC_CLASSES))
     saved = safe_torch_load(ckpt_path) if ckpt_path.exists() and not args.retrain else None
     if isinstance(saved, dict) and saved.get("meta") == meta:
+        model = torchvision.models.get_model(args.arch, num_classes=len(SYNTHETIC_CLASSES))
         model.load_state_dict(saved["model"])
         print(f"reusing trained BN model {ckpt_path} (pass --retrain to train again)")
         return model.eval(), data_root / "eval"
@@ -213,17 +214,12 @@ def _measure(model: nn.Module, calib: torch.Tensor, heldout: torch.Tensor, label
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
+def format_fidelity_table(rows: list[dict]) -> str:
     """Markdown table of the fidelity rows."""
-    def f(v, digits=4):
-        return "-" if v is None else f"{v:.{digits}f}"
-
-    lines = ["| norm | transfer | feature cosine (mean) | feature cosine (min) | top-1 agreement "
-             "| top-1 accuracy |", "|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['norm']} | {r['transfer']} | {f(r['cosine_mean'])} | {f(r['cosine_min'])} | "
-                     f"{f(r['top1_agreement'], 3)} | {f(r['accuracy'], 3)} |")
-    return "\n".join(lines)
+    keys = ["norm", "transfer", "cosine_mean", "cosine_min", "top1_agreement", "accuracy"]
+    headers = ["norm", "transfer", "feature cosine (mean)", "feature cosine (min)", "top-1 agreement",
+               "top-1 accuracy"]
+    return format_table([[r[k] for k in keys] for r in rows], headers, float_fmt=".4f")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ImageFolderError, CheckpointError, CalibrationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    table = format_table(rows)
+    table = format_fidelity_table(rows)
     print(f"\nFidelity to the BN {args.arch} on {len(heldout)} held-out images of {image_dir} "
           f"(calibrated on {len(calib)} others, {image_size} px):\n")
     print(table)

@@ -31,11 +31,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from pycocotools import mask as mask_util
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from tqdm import tqdm
 
-from gn_det.evaluation.coco_evaluation import load_coco_json
+from gn_det.data.coco_dataset import decode_segmentation, load_coco_json
 
 __all__ = ["draw_predictions", "class_colors", "draw_coco_annotations", "save_png", "main"]
 
@@ -122,19 +121,9 @@ def draw_coco_annotations(image: torch.Tensor, annotations: Sequence[Mapping[str
     scores = torch.tensor([a["score"] for a in anns]) if anns and "score" in anns[0] else None
     masks = None
     if show_masks and anns and all("segmentation" in a for a in anns):
-        masks = torch.from_numpy(np.stack([_segmentation_to_mask(a["segmentation"], h, w) for a in anns]))
+        masks = torch.from_numpy(np.stack([decode_segmentation(a["segmentation"], h, w) for a in anns]).astype(bool))
     return draw_predictions(image, boxes, [category_names[a["category_id"]] for a in anns], scores, masks,
                             colors=[palette[a["category_id"]] for a in anns], score_threshold=score_threshold)
-
-
-def _segmentation_to_mask(segm: Any, h: int, w: int) -> np.ndarray:
-    if isinstance(segm, list):  # polygons
-        rle = mask_util.merge(mask_util.frPyObjects(segm, h, w))
-    elif isinstance(segm.get("counts"), list):  # uncompressed RLE
-        rle = mask_util.frPyObjects(segm, h, w)
-    else:
-        rle = segm
-    return mask_util.decode(rle).astype(bool)
 
 
 def save_png(image: torch.Tensor, path: str) -> None:

@@ -64,11 +64,17 @@ def merge_overrides(cfg: CfgNode, opts: Sequence[str]) -> None:
         raise ConfigError(f"Overrides must be KEY VALUE pairs; got an odd number of items: {opts}. "
                           f"The last key {opts[-1]!r} has no value.")
     for key, value in zip(opts[0::2], opts[1::2]):
-        _check_key(cfg, key.split("."), source="command-line override")
-        try:
-            _set(cfg, key, CfgNode._decode_cfg_value(value))
-        except ValueError as e:
-            raise ConfigError(_type_message(cfg, key, value, e, "command-line override")) from None
+        _merge_value(cfg, key, value, "command-line override")
+
+
+def _merge_value(cfg: CfgNode, full_key: str, value: Any, source: str) -> None:
+    """Check ``full_key`` exists, decode ``value`` as yacs does (so detectron2's tuple style
+    ``TRAIN: ("coco_2017_train",)`` works) and set it with a type check."""
+    _check_key(cfg, full_key.split("."), source=source)
+    try:
+        _set(cfg, full_key, CfgNode._decode_cfg_value(value))
+    except ValueError as e:
+        raise ConfigError(_type_message(cfg, full_key, value, e, source)) from None
 
 
 def _merge_file(cfg: CfgNode, config_file: str) -> None:
@@ -89,12 +95,7 @@ def _merge_file(cfg: CfgNode, config_file: str) -> None:
     if not isinstance(loaded, dict):
         raise ConfigError(f"{config_file} must hold a mapping of config keys, got {type(loaded).__name__}")
     for full_key, value in _flatten(loaded):
-        _check_key(cfg, full_key.split("."), source=f"config file {config_file}")
-        try:
-            # Decode as yacs does, so detectron2's tuple style `TRAIN: ("coco_2017_train",)` works.
-            _set(cfg, full_key, CfgNode._decode_cfg_value(value))
-        except ValueError as e:
-            raise ConfigError(_type_message(cfg, full_key, value, e, f"config file {config_file}")) from None
+        _merge_value(cfg, full_key, value, f"config file {config_file}")
 
 
 def _flatten(d: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:

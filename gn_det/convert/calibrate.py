@@ -38,7 +38,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from gn_det.layers.conv_norm import BATCH_NORM_TYPES
+from gn_det.layers.conv_norm import BATCH_NORM_TYPES, batch_norm_channels
+from gn_det.utils.table import format_table
+
+from .modes import eval_mode
 
 __all__ = ["CalibrationError", "LayerCalibration", "CalibrationReport", "calibrate", "match_norm_layers"]
 
@@ -104,12 +107,12 @@ class CalibrationReport:
         def fmt(v: float | None) -> str:
             return "-" if v is None else f"{v:.4f}"
 
-        lines = ["| layer | C | before mean err | before std err | after mean err | after std err "
-                 "| const ch | flat ch |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for layer in self.layers:
-            lines.append(f"| {layer.name} | {layer.num_channels} | {fmt(layer.before_mean_err)} | "
-                         f"{fmt(layer.before_std_err)} | {fmt(layer.after_mean_err)} | "
-                         f"{fmt(layer.after_std_err)} | {layer.constant_channels} | {layer.flat_channels} |")
+        headers = ["layer", "C", "before mean err", "before std err", "after mean err", "after std err",
+                   "const ch", "flat ch"]
+        rows = [[layer.name, layer.num_channels, layer.before_mean_err, layer.before_std_err,
+                 layer.after_mean_err, layer.after_std_err, layer.constant_channels, layer.flat_channels]
+                for layer in self.layers]
+        lines = [format_table(rows, headers, float_fmt=".4f")]
         s = self.summary()
         lines.append(f"\n{s['num_layers']} GN layers calibrated on {self.num_images} images in "
                      f"{self.seconds:.1f} s; mean errors before {fmt(s['before_mean_err'])} / "
@@ -144,9 +147,7 @@ def match_norm_layers(reference: nn.Module, converted: nn.Module
         if not isinstance(ref, BATCH_NORM_TYPES):
             skipped.append((name, f"reference module is {type(ref).__name__}, not a BatchNorm"))
             continue
-        ref_channels = getattr(ref, "num_features", None)
-        if ref_channels is None and getattr(ref, "weight", None) is not None:
-            ref_channels = ref.weight.numel()
+        ref_channels = batch_norm_channels(ref)
         if ref_channels != module.num_channels:
             raise CalibrationError(f"Layer {name!r}: reference {type(ref).__name__} has {ref_channels} "
                                    f"channels but the converted GroupNorm has {module.num_channels}; "
@@ -298,21 +299,6 @@ def _record_output_moments(model: nn.Module, layers: Sequence[tuple[str, nn.Modu
     return {name: m.mean_std() for name, m in moments.items()}
 
 
-class _ModesKept:
-    """Put a model in eval mode and restore every module's own train/eval flag afterwards."""
-
-    def __init__(self, *models: nn.Module) -> None:
-        self.modes = [(m, m.training) for model in models for m in model.modules()]
-
-    def __enter__(self) -> None:
-        for module, _ in self.modes:
-            module.training = False
-
-    def __exit__(self, *exc) -> None:
-        for module, mode in self.modes:
-            module.training = mode
-
-
 @torch.no_grad()
 def calibrate(reference: nn.Module, converted: nn.Module, images: torch.Tensor | Iterable, *,
               batch_size: int = 16, measure_before: bool = True, progress: bool = True
@@ -349,7 +335,7 @@ def calibrate(reference: nn.Module, converted: nn.Module, images: torch.Tensor |
     pairs, skipped = match_norm_layers(reference, converted)
     batches = _as_batches(images, batch_size)
     num_images = sum(b.shape[0] for b in batches)
-    with _ModesKept(reference, converted):
+    with eval_mode(reference, converted):
         ref_stats = _record_output_moments(reference, [(n, r) for n, r, _ in pairs], batches,
                                            "calibrate: reference", progress)
         before = (_record_output_moments(converted, [(n, g) for n, _, g in pairs], batches,
@@ -369,7 +355,8 @@ def calibrate(reference: nn.Module, converted: nn.Module, images: torch.Tensor |
 
         handles = [gn.register_forward_pre_hook(make_hook(n, r)) for n, r, gn in pairs]
         try:
-            converted(torch.cat([b.to(_device_of(converted)) for b in batches]))
+            device = _device_of(converted)
+            converted(torch.cat([b.to(device) for b in batches]))
         finally:
             for h in handles:
                 h.remove()

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .modes import eval_mode
+
 __all__ = ["FeaturesAndLogits", "Fidelity", "extract_features", "compare_to_reference"]
 
 
@@ -55,17 +57,14 @@ def extract_features(model: nn.Module, images: torch.Tensor, *, classifier: str 
     captured: list[torch.Tensor] = []
     handle = modules[classifier].register_forward_pre_hook(
         lambda m, args: captured.append(args[0].flatten(1).float().cpu()))
-    was_training = [(m, m.training) for m in model.modules()]
-    model.eval()
     device = next(model.parameters()).device
     logits = []
     try:
-        for batch in tqdm(images.split(batch_size), desc="features", disable=not progress, leave=False):
-            logits.append(model(batch.to(device)).float().cpu())
+        with eval_mode(model):
+            for batch in tqdm(images.split(batch_size), desc="features", disable=not progress, leave=False):
+                logits.append(model(batch.to(device)).float().cpu())
     finally:
         handle.remove()
-        for m, mode in was_training:
-            m.training = mode
     return FeaturesAndLogits(features=torch.cat(captured), logits=torch.cat(logits))
 
 

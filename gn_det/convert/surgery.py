@@ -31,9 +31,10 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d as TVFrozenBatchNorm2d
 
-from ..layers.conv_norm import BATCH_NORM_TYPES, NORM_TYPES, WS_COUNTERPARTS, is_norm, to_ws_conv
+from ..layers.conv_norm import BATCH_NORM_TYPES, NORM_TYPES, batch_norm_channels, is_norm, to_ws_conv
 from ..layers.norm import NormSpec, create_norm, parse_norm
-from ..layers.ws_conv import WSConv2d, WSConv3d
+from ..layers.ws_conv import WS_COUNTERPARTS, WSConv2d, WSConv3d
+from .modes import eval_mode
 from .report import ConversionReport, LeftAlone, ReplacedNorm
 
 __all__ = ["convert_model", "BATCH_NORM_TYPES", "find_conv_norm_edges"]
@@ -56,7 +57,7 @@ def _owned_norm_edges(modules: dict[str, nn.Module]) -> dict[str, str]:
             if _is_conv(m) and is_norm(getattr(m, "norm", None) or nn.Identity())}
 
 
-def _heuristic_edges(model: nn.Module, modules: dict[str, nn.Module]) -> dict[str, str]:
+def _heuristic_edges(modules: dict[str, nn.Module]) -> dict[str, str]:
     edges: dict[str, str] = {}
     for parent_name, parent in modules.items():
         children = list(parent.named_children())
@@ -106,10 +107,8 @@ def _traced_edges(model: nn.Module, modules: dict[str, nn.Module],
             handles.append(m.register_forward_hook(conv_hook(name)))
         elif is_norm(m):
             handles.append(m.register_forward_pre_hook(norm_hook(name)))
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()  # never update BN statistics while tracing
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():  # never update BN statistics while tracing
             if isinstance(example_input, (tuple, list)):
                 model(*example_input)
             else:
@@ -121,8 +120,6 @@ def _traced_edges(model: nn.Module, modules: dict[str, nn.Module],
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     return edges, in_dims
 
 
@@ -137,7 +134,7 @@ def find_conv_norm_edges(model: nn.Module, example_input=None) -> tuple[dict[str
     if example_input is not None:
         edges, dims = _traced_edges(model, modules, example_input)
     else:
-        edges, dims = _heuristic_edges(model, modules), {}
+        edges, dims = _heuristic_edges(modules), {}
     for norm_name, conv_name in _owned_norm_edges(modules).items():
         edges.setdefault(norm_name, conv_name)
     return edges, dims
@@ -174,15 +171,10 @@ def _float_like(module: nn.Module) -> dict:
     return {}
 
 
-def _num_channels(norm: nn.Module) -> int:
-    # torchvision's FrozenBatchNorm2d has no num_features; its weight buffer has the channels.
-    return norm.num_features if hasattr(norm, "num_features") else norm.weight.numel()
-
-
 def _build_norm(spec: NormSpec, name: str, old: nn.Module, dim: int,
                 transfer: bool) -> tuple[nn.Module, list[str], list[str]]:
     """The replacement for ``old``; returns (module, transferred keys, dropped keys)."""
-    new = create_norm(spec, _num_channels(old), dim=dim, layer_name=name).to(**_float_like(old))
+    new = create_norm(spec, batch_norm_channels(old), dim=dim, layer_name=name).to(**_float_like(old))
     new.train(old.training)
     old_state, new_state = old.state_dict(), new.state_dict()
     transferred = []
@@ -246,7 +238,7 @@ def convert_model(model: nn.Module, norm: str | NormSpec = "GN", *, example_inpu
             plans.append((name, new))
             groups = new.num_groups if isinstance(new, nn.GroupNorm) else None
             report.replaced.append(ReplacedNorm(name, type(m).__name__, type(new).__name__,
-                                                _num_channels(m), groups, transferred))
+                                                batch_norm_channels(m), groups, transferred))
             report.dropped_keys += dropped
         elif isinstance(m, _OTHER_NORMS):
             report.left_alone.append(LeftAlone(name, type(m).__name__, "already a batch-independent norm"))

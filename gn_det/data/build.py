@@ -81,11 +81,13 @@ class _SkipBadSamples:
 
     def __iter__(self) -> Iterator[list[dict]]:
         for batch in self.loader:
-            kept = [s for s in batch if not isinstance(s, SkippedSample)]
+            kept = []
             for s in batch:
                 if isinstance(s, SkippedSample):
                     self.num_skipped += 1
                     logger.warning("skipped bad sample (%d so far): %s", self.num_skipped, s.reason)
+                else:
+                    kept.append(s)
             if kept:
                 yield kept
 

@@ -42,6 +42,7 @@ __all__ = [
     "CocoDetectionDataset",
     "load_coco_json",
     "contiguous_category_maps",
+    "decode_segmentation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,10 @@ def _is_degenerate_box(bbox) -> bool:
 
 
 def _annotation_problem(ann: dict, image: dict, category_ids: set[int]) -> str | None:
-    """Why ``ann`` cannot be used, or None. Drops (in place) polygon parts with < 3 points."""
+    """Why ``ann`` cannot be used, or None. Drops (in place) polygon parts with < 3 points.
+
+    Zero-size boxes are not checked here: ``_index`` drops them (counted) before.
+    """
     if ann.get("category_id") not in category_ids:
         return f"category_id {ann.get('category_id')!r} is not in the json's categories"
     bbox = ann.get("bbox")
@@ -122,8 +126,6 @@ def _annotation_problem(ann: dict, image: dict, category_ids: set[int]) -> str |
         return f"bbox {bbox!r} is not [x, y, width, height]"
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox):
         return f"bbox {bbox!r} has a non-finite value"
-    if bbox[2] <= 0 or bbox[3] <= 0:
-        return f"bbox {bbox!r} has a non-positive width or height"
     seg = ann.get("segmentation")
     if seg is None:
         return "no segmentation"
@@ -143,7 +145,7 @@ def _annotation_problem(ann: dict, image: dict, category_ids: set[int]) -> str |
     return None
 
 
-def _decode_mask(seg: list | dict, h: int, w: int) -> np.ndarray:
+def decode_segmentation(seg: list | dict, h: int, w: int) -> np.ndarray:
     """Binary (H, W) uint8 mask from polygons, uncompressed RLE or compressed RLE."""
     if isinstance(seg, list):
         rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
@@ -310,9 +312,10 @@ class CocoDetectionDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | SkippedSample:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        path = self.image_path(index)
+        record = self._records[index]  # unpickled once per sample
+        path = os.path.join(self.image_root, record["file_name"])
         try:
-            return self._load(index, path, seed)
+            return self._load(index, record, path, seed)
         except DatasetError as e:
             if self.skip_bad:
                 return SkippedSample(path, str(e))
@@ -323,8 +326,7 @@ class CocoDetectionDataset(Dataset):
                 return SkippedSample(path, message)
             raise DatasetError(message) from e
 
-    def _load(self, index: int, path: str, seed: int | None) -> dict[str, Any]:
-        record = self._records[index]
+    def _load(self, index: int, record: dict, path: str, seed: int | None) -> dict[str, Any]:
         h, w = record["height"], record["width"]
         image = self._read_image(path, record)
 
@@ -335,7 +337,7 @@ class CocoDetectionDataset(Dataset):
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
         labels = torch.tensor([a["label"] for a in anns], dtype=torch.int64)
         if self.with_masks and anns:
-            masks = torch.from_numpy(np.stack([_decode_mask(a["segmentation"], h, w) for a in anns]))
+            masks = torch.from_numpy(np.stack([decode_segmentation(a["segmentation"], h, w) for a in anns]))
         else:
             masks = torch.zeros((len(anns) if self.with_masks else 0, h, w), dtype=torch.uint8)
 

@@ -20,7 +20,6 @@ the image is painted from those masks, so ``annToMask`` returns exactly the draw
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -30,6 +29,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
+
+from gn_det.checkpoint.io import atomic_write_file, atomic_write_text
+from gn_det.data.coco_dataset import decode_segmentation
 
 __all__ = ["SHAPE_CLASSES", "GENERATOR_VERSION", "generate_synthetic_coco"]
 
@@ -80,8 +82,7 @@ def _polygon_to_flat(poly: np.ndarray, h: int, w: int) -> list[float]:
 
 def _rasterize(flat_polygon: list[float], h: int, w: int) -> np.ndarray:
     """The binary mask pycocotools decodes for this polygon (the ground truth by definition)."""
-    rle = mask_utils.merge(mask_utils.frPyObjects([flat_polygon], h, w))
-    return mask_utils.decode(rle).astype(bool)
+    return decode_segmentation([flat_polygon], h, w).astype(bool)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
@@ -261,16 +262,9 @@ def _plan_special_images(
     return set(order[start:start + n_empty]), crowd
 
 
-def _jpeg_bytes(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=_JPEG_QUALITY, subsampling=0)
-    return buf.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _write_jpeg(path: Path, img: np.ndarray) -> None:
+    atomic_write_file(path, lambda f: Image.fromarray(img).save(f, format="JPEG", quality=_JPEG_QUALITY,
+                                                                 subsampling=0))
 
 
 def generate_synthetic_coco(
@@ -333,7 +327,7 @@ def generate_synthetic_coco(
         )
         image_id = index + 1
         file_name = f"{index:06d}.jpg"
-        _atomic_write(image_root / file_name, _jpeg_bytes(pixels))
+        _write_jpeg(image_root / file_name, pixels)
         images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
         for ann in anns:
             cls = ann.pop("cls")
@@ -356,6 +350,6 @@ def generate_synthetic_coco(
         ],
     }
     json_path = out / "annotations.json"
-    _atomic_write(json_path, json.dumps(dataset, separators=(",", ":")).encode("utf-8"))
+    atomic_write_text(json.dumps(dataset, separators=(",", ":")), json_path)
     return str(json_path), str(image_root)
 

@@ -89,7 +89,7 @@ def format_results_table(results: dict[str, dict[str, float]]) -> str:
     """One row per metric kind ("bbox", "segm", ...), one column per metric; kinds with the same
     metrics share a table. Per-category entries ("AP-person": names with "-") are left out, as
     in detectron2's summary: the evaluator prints those itself."""
-    from ..evaluation.table import format_table
+    from ..utils.table import format_table
 
     tables: dict[tuple[str, ...], list[list]] = {}
     for kind, metrics in results.items():

@@ -37,6 +37,13 @@ class HookBase:
     def after_step(self) -> None: ...
 
 
+def _period_ended(trainer: "Trainer", period: int) -> bool:
+    """After every ``period``-th iteration (``period`` > 0) except the last, which
+    ``after_train`` covers."""
+    done = trainer.iter + 1
+    return period > 0 and done % period == 0 and done < trainer.max_iter
+
+
 class PeriodicCheckpointer(HookBase):
     """Saves ``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` at the end."""
 
@@ -44,9 +51,8 @@ class PeriodicCheckpointer(HookBase):
         self.period = period
 
     def after_step(self) -> None:
-        it, max_iter = self.trainer.iter, self.trainer.max_iter
-        if self.period > 0 and (it + 1) % self.period == 0 and it + 1 < max_iter:
-            self.trainer.save_checkpoint(f"model_{it:07d}")
+        if _period_ended(self.trainer, self.period):
+            self.trainer.save_checkpoint(f"model_{self.trainer.iter:07d}")
 
     def after_train(self) -> None:
         if self.trainer.finished:
@@ -74,8 +80,7 @@ class EvalHook(HookBase):
         comm.synchronize()
 
     def after_step(self) -> None:
-        it = self.trainer.iter
-        if self.period > 0 and (it + 1) % self.period == 0 and it + 1 < self.trainer.max_iter:
+        if _period_ended(self.trainer, self.period):
             self._evaluate()
 
     def after_train(self) -> None:

@@ -6,11 +6,11 @@ The schedule is a *multiplier* of each param group's base lr, a function of trai
 
 from __future__ import annotations
 
+import logging
+
 from fvcore.common.param_scheduler import (CompositeParamScheduler, ConstantParamScheduler,
                                            CosineParamScheduler, LinearParamScheduler,
                                            MultiStepParamScheduler, ParamScheduler)
-import logging
-
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 

@@ -19,7 +19,6 @@ from ..layers.conv_norm import is_norm
 __all__ = ["get_param_groups", "build_optimizer"]
 
 
-
 def get_param_groups(model: nn.Module, base_lr: float, weight_decay: float,
                      weight_decay_norm: float | None = None, weight_decay_bias: float | None = None,
                      bias_lr_factor: float = 1.0) -> list[dict]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -287,13 +288,19 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                     enabled=self.amp_dtype is not None):
                     loss_dict = self._check_loss_dict(self.model(batch))
-                loss = sum(loss_dict.values())
-                if not comm.all_true(bool(torch.isfinite(loss).item())):
-                    raise FloatingPointError(self._non_finite_message(loss_dict))
-                loss = loss / self.accum_steps
+                loss = sum(loss_dict.values()) / self.accum_steps
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             for name, value in loss_dict.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float()
+
+        # One all-reduce and one host sync per step: the rank-mean losses are both what is logged
+        # and the non-finite check (a NaN/inf on any rank makes the mean non-finite on every
+        # rank), done before the optimizer touches the weights.
+        local = {k: v / self.accum_steps for k, v in sums.items()}
+        losses = comm.reduce_dict(local)
+        scalars = dict(zip(losses, torch.stack(list(losses.values())).tolist()))
+        if not all(math.isfinite(v) for v in scalars.values()):
+            raise FloatingPointError(self._non_finite_message(local))
 
         grad_norm = self._clip_gradients()
         if self.scaler is not None:
@@ -304,8 +311,6 @@ class Trainer:
         lr = self.optimizer.param_groups[self._lr_group]["lr"]
         self.scheduler.step()
 
-        losses = comm.reduce_dict({k: v / self.accum_steps for k, v in sums.items()})
-        scalars = {k: float(v) for k, v in losses.items()}
         self.storage.put_scalars(total_loss=sum(scalars.values()), **scalars, lr=lr,
                                  time=time.perf_counter() - start, data_time=data_time)
         if grad_norm is not None:
@@ -320,7 +325,8 @@ class Trainer:
 
     def _non_finite_message(self, loss_dict: dict[str, torch.Tensor]) -> str:
         values = ", ".join(f"{k}={v.item():.4g}" for k, v in loss_dict.items())
-        return (f"Loss became non-finite at iteration {self.iter} (on at least one rank; here: {values}). "
+        return (f"Loss became non-finite at iteration {self.iter} (on at least one rank; here, mean over "
+                f"micro-batches: {values}). "
                 f"Training stopped. Last good checkpoint: {self._last_good_checkpoint()}. "
                 f"Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS, "
                 f"then rerun (add --resume to continue from that checkpoint).")

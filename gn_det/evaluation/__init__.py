@@ -1,7 +1,7 @@
 """Evaluators (COCO box/mask AP) and metric tables."""
 
 from .coco_evaluation import COCOEvaluator, COCODatasetInfo, instances_to_coco_results
-from .table import format_metrics_table, format_per_class_table, format_table
+from ..utils.table import format_metrics_table, format_per_class_table, format_table
 
 __all__ = ["COCOEvaluator", "COCODatasetInfo", "instances_to_coco_results", "format_table",
            "format_metrics_table", "format_per_class_table"]

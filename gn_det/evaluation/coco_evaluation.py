@@ -28,12 +28,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from gn_det.checkpoint.io import atomic_write_text
+from gn_det.data.coco_dataset import contiguous_category_maps, load_coco_json
 from gn_det.utils import comm
 
-from .table import format_metrics_table, format_per_class_table
+from ..utils.table import format_metrics_table, format_per_class_table
 
 __all__ = ["COCOEvaluator", "COCODatasetInfo", "instances_to_coco_results", "summarize_coco_eval",
-           "load_coco_json", "RESULTS_FILE", "COCO_METRIC_NAMES"]
+           "RESULTS_FILE", "COCO_METRIC_NAMES"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,7 @@ class COCODatasetInfo:
     def from_json(cls, json_file: str, coco: COCO | None = None) -> "COCODatasetInfo":
         """Labels 1..K follow the categories sorted by id (torchvision's and detectron2's rule)."""
         coco = coco if coco is not None else load_coco_json(json_file)
-        cats = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
-        return cls(json_file, [c["name"] for c in cats], {i + 1: c["id"] for i, c in enumerate(cats)})
+        return cls(json_file, *contiguous_category_maps(coco.dataset["categories"]))
 
     @classmethod
     def from_dataset_name(cls, name: str, cfg=None) -> "COCODatasetInfo":
@@ -74,17 +74,6 @@ class COCODatasetInfo:
 
         meta = get_dataset_metadata(name, cfg)
         return cls(str(meta.json_file), list(meta.class_names), dict(meta.label_to_category_id))
-
-
-def load_coco_json(json_file: str) -> COCO:
-    """``pycocotools.coco.COCO(json_file)`` without its prints, with errors naming the file."""
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"COCO annotation file not found: {json_file}")
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        try:
-            return COCO(json_file)
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{json_file} is not a valid COCO annotation file: {e!r}") from e
 
 
 def _to_numpy(x: Any) -> np.ndarray:

@@ -19,23 +19,26 @@ from torchvision.ops import FrozenBatchNorm2d as TVFrozenBatchNorm2d
 
 from .frozen_bn import FrozenBatchNorm
 from .norm import NormSpec, parse_norm
-from .ws_conv import WSConv2d, WSConv3d
+from .ws_conv import WS_COUNTERPARTS
 
-__all__ = ["BATCH_NORM_TYPES", "NORM_TYPES", "WS_COUNTERPARTS", "is_norm", "to_ws_conv",
-           "standardize_conv_norm_pairs"]
+__all__ = ["BATCH_NORM_TYPES", "NORM_TYPES", "WS_COUNTERPARTS", "is_norm", "batch_norm_channels",
+           "to_ws_conv", "standardize_conv_norm_pairs"]
 
 # The BatchNorm family: BatchNorm1d/2d/3d, SyncBatchNorm, torchvision's and gn_det's FrozenBN.
 BATCH_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, TVFrozenBatchNorm2d, FrozenBatchNorm)
 # Every norm layer: the BN family, GN (and LN/IN as the factory makes them) and torch's other norms.
 NORM_TYPES = BATCH_NORM_TYPES + (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
                                  nn.LocalResponseNorm)
-# Exact plain conv type -> its WS version (subclasses may have their own forward: no counterpart).
-WS_COUNTERPARTS = {nn.Conv2d: WSConv2d, nn.Conv3d: WSConv3d}
 
 
 def is_norm(module: nn.Module) -> bool:
     """True for any norm layer (BN, SyncBN, FrozenBN, GN/LN/IN, ...)."""
     return isinstance(module, NORM_TYPES)
+
+
+def batch_norm_channels(bn: nn.Module) -> int:
+    """Channels of a BN-family layer (torchvision's FrozenBatchNorm2d has no ``num_features``)."""
+    return bn.num_features if hasattr(bn, "num_features") else bn.weight.numel()
 
 
 def to_ws_conv(conv: nn.Module, ws_mode: str = "authors") -> nn.Module:

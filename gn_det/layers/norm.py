@@ -27,7 +27,7 @@ from typing import Callable
 from torch import nn
 
 from .frozen_bn import FrozenBatchNorm
-from .ws_conv import WSConv2d, WSConv3d, get_ws_config
+from .ws_conv import WS_COUNTERPARTS, get_ws_config
 
 __all__ = ["NormSpec", "NORM_NAMES", "parse_norm", "create_norm", "get_norm_layer", "create_conv",
            "group_count"]
@@ -153,11 +153,8 @@ def create_conv(in_channels: int, out_channels: int, kernel_size, stride=1, padd
     dil = (dilation,) * dim if isinstance(dilation, int) else tuple(dilation)
     if padding is None:
         padding = tuple(d * (k - 1) // 2 for k, d in zip(ks, dil))
-    if dim == 2:
-        plain, ws_cls = nn.Conv2d, WSConv2d
-    elif dim == 3:
-        plain, ws_cls = nn.Conv3d, WSConv3d
-    else:
+    plain = {2: nn.Conv2d, 3: nn.Conv3d}.get(dim)
+    if plain is None:
         raise ValueError(f"create_conv supports dim 2 or 3, got {dim}")
     args = (in_channels, out_channels, ks, stride, padding, dil, groups, bias)
-    return ws_cls(*args, ws_mode=spec.ws_mode) if spec.ws else plain(*args)
+    return WS_COUNTERPARTS[plain](*args, ws_mode=spec.ws_mode) if spec.ws else plain(*args)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["WSConfig", "WS_MODES", "standardize_weight", "WSConv2d", "WSConv3d", "fold_ws"]
+__all__ = ["WSConfig", "WS_MODES", "standardize_weight", "WSConv2d", "WSConv3d", "WS_COUNTERPARTS", "fold_ws"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,10 @@ class WSConv3d(_WSMixin, nn.Conv3d):
     def __init__(self, *args, ws_mode: str = "authors", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._init_ws(ws_mode)
+
+
+# Exact plain conv type -> its WS version (subclasses may have their own forward: no counterpart).
+WS_COUNTERPARTS: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: WSConv2d, nn.Conv3d: WSConv3d}
 
 
 def fold_ws(model: nn.Module) -> int:

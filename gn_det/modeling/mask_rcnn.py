@@ -233,7 +233,7 @@ def _detector_state_dict(data: Any) -> dict[str, torch.Tensor] | None:
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         return None
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    state = {k.removeprefix("module.") if isinstance(k, str) else k: v for k, v in state.items()}
     if not any(isinstance(k, str) and k.startswith(_DETECTOR_PREFIXES) for k in state):
         return None
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}

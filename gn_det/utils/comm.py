@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 __all__ = ["is_dist_initialized", "get_world_size", "get_rank", "get_local_rank", "get_local_size",
            "is_main_process", "synchronize", "all_gather", "broadcast_object", "reduce_dict",
-           "all_true", "set_local_rank"]
+           "set_local_rank"]
 
 _LOCAL_RANK = 0
 _LOCAL_SIZE = 1
@@ -75,15 +75,6 @@ def broadcast_object(data: Any, src: int = 0) -> Any:
     box = [data]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def all_true(flag: bool) -> bool:
-    """True on every rank iff ``flag`` is True on every rank (one tiny all-reduce)."""
-    if get_world_size() == 1:
-        return bool(flag)
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_collective_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
 
 
 def reduce_dict(input_dict: dict[str, torch.Tensor], average: bool = True) -> dict[str, torch.Tensor]:

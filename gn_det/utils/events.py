@@ -81,20 +81,23 @@ class EventWriter:
         pass
 
 
-class _NewScalarsMixin:
-    """Tracks, per scalar, the newest iteration already written."""
+class _NewScalarsWriter(EventWriter):
+    """A writer that publishes each scalar value once: it tracks, per scalar, the newest
+    iteration already written."""
+
+    def __init__(self) -> None:
+        self._written: dict[str, int] = {}
 
     def _new_by_iteration(self) -> dict[int, dict[str, float]]:
-        written: dict[str, int] = self.__dict__.setdefault("_written", {})
         by_iter: dict[int, dict[str, float]] = defaultdict(dict)
         for name, (value, it) in get_event_storage().latest().items():
-            if it > written.get(name, -1):
+            if it > self._written.get(name, -1):
                 by_iter[it][name] = value
-                written[name] = it
+                self._written[name] = it
         return dict(sorted(by_iter.items()))
 
 
-class JSONWriter(_NewScalarsMixin, EventWriter):
+class JSONWriter(_NewScalarsWriter):
     """Appends one line per iteration to ``json_file``.
 
     Args:
@@ -104,6 +107,7 @@ class JSONWriter(_NewScalarsMixin, EventWriter):
     """
 
     def __init__(self, json_file: str, start_iter: int = 0):
+        super().__init__()
         if start_iter > 0 and os.path.isfile(json_file):
             _drop_lines_from(json_file, start_iter)
         self._file = open(json_file, "a", encoding="utf-8")
@@ -111,8 +115,9 @@ class JSONWriter(_NewScalarsMixin, EventWriter):
     def write(self) -> None:
         for it, scalars in self._new_by_iteration().items():
             self._file.write(json.dumps({"iteration": it, **scalars}, sort_keys=False) + "\n")
+        # flush, not fsync: a killed process loses nothing, and the training loop does not wait
+        # on the disk every LOG_PERIOD (resume drops lines past the checkpoint anyway).
         self._file.flush()
-        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
@@ -135,12 +140,13 @@ def _drop_lines_from(json_file: str, start_iter: int) -> None:
         atomic_write_text("".join(kept), json_file)
 
 
-class TensorboardWriter(_NewScalarsMixin, EventWriter):
+class TensorboardWriter(_NewScalarsWriter):
     """TensorBoard event files under ``log_dir`` (torch.utils.tensorboard)."""
 
     def __init__(self, log_dir: str):
         from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
 
+        super().__init__()
         self._writer = SummaryWriter(log_dir)
 
     def write(self) -> None:
@@ -160,6 +166,7 @@ class ConsoleWriter(EventWriter):
         self.max_iter = max_iter
         self.window = window
         self.logger = logging.getLogger("gn_det.train")
+        self._last_printed: int | None = None
 
     def write(self) -> None:
         storage = get_event_storage()
@@ -167,20 +174,18 @@ class ConsoleWriter(EventWriter):
         if "total_loss" not in latest:
             return
         it = latest["total_loss"][1]
-        if it == getattr(self, "_last_printed", None):
+        if it == self._last_printed:
             return
         self._last_printed = it
         h = storage.histories()
+        sec = h["time"].median(self.window) if "time" in h else None
         parts = [f"iter: {it + 1}/{self.max_iter}"]
-        if "time" in h:
-            sec = h["time"].median(self.window)
-            eta = datetime.timedelta(seconds=int(sec * (self.max_iter - it - 1)))
-            parts.insert(0, f"eta: {eta}")
-        losses = [f"{k}: {h[k].median(self.window):.4g}" for k in sorted(h)
+        if sec is not None:
+            parts.insert(0, f"eta: {datetime.timedelta(seconds=int(sec * (self.max_iter - it - 1)))}")
+        parts += [f"{k}: {h[k].median(self.window):.4g}" for k in sorted(h)
                   if k.startswith("loss") or k == "total_loss"]
-        parts += losses
-        if "time" in h:
-            parts.append(f"time: {h['time'].median(self.window):.4f}")
+        if sec is not None:
+            parts.append(f"time: {sec:.4f}")
         if "data_time" in h:
             parts.append(f"data_time: {h['data_time'].median(self.window):.4f}")
         if "lr" in latest:

@@ -43,6 +43,13 @@ def _size(dim: int, spatial: int, temporal: int = 1):
     return spatial if dim == 2 else (temporal, spatial, spatial)
 
 
+def _conv(in_channels: int, out_channels: int, kernel_size, stride=1, *, norm: NormSpec, dim: int,
+          groups: int = 1) -> nn.Module:
+    """A conv from the factory (WS with "+WS"); it has a bias only when no norm follows it."""
+    return create_conv(in_channels, out_channels, kernel_size, stride, groups=groups, bias=norm.name == "",
+                       dim=dim, norm=norm)
+
+
 class _Block(nn.Module):
     """Shared by both residual blocks: the shortcut and the residual sum."""
 
@@ -53,8 +60,7 @@ class _Block(nn.Module):
         if stride == 1 and in_channels == out_channels:
             return None
         return nn.Sequential(
-            create_conv(in_channels, out_channels, _size(dim, 1), _size(dim, stride), dim=dim, norm=norm,
-                        bias=norm.name == ""),
+            _conv(in_channels, out_channels, _size(dim, 1), _size(dim, stride), norm=norm, dim=dim),
             create_norm(norm, out_channels, dim, layer_name=f"{layer_name}.downsample.1"))
 
     def last_norm(self) -> nn.Module:
@@ -78,12 +84,11 @@ class BasicBlock(_Block):
         if groups != 1 or width_per_group != 64:
             raise ValueError("BasicBlock (ResNet-18/34) supports only groups=1 and width_per_group=64; "
                              "use depth >= 50 for ResNeXt")
-        bias = norm.name == ""
-        self.conv1 = create_conv(in_channels, planes, _size(dim, 3, temporal_kernel), _size(dim, stride),
-                                 dim=dim, norm=norm, bias=bias)
+        self.conv1 = _conv(in_channels, planes, _size(dim, 3, temporal_kernel), _size(dim, stride),
+                           norm=norm, dim=dim)
         self.bn1 = create_norm(norm, planes, dim, layer_name=f"{layer_name}.bn1")
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = create_conv(planes, planes, _size(dim, 3), dim=dim, norm=norm, bias=bias)
+        self.conv2 = _conv(planes, planes, _size(dim, 3), norm=norm, dim=dim)
         self.bn2 = create_norm(norm, planes, dim, layer_name=f"{layer_name}.bn2")
         self.downsample = self._make_shortcut(in_channels, planes, stride, norm, dim, layer_name)
 
@@ -113,14 +118,13 @@ class Bottleneck(_Block):
         width = int(planes * (width_per_group / 64.0)) * groups
         out_channels = planes * self.expansion
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        bias = norm.name == ""
-        self.conv1 = create_conv(in_channels, width, _size(dim, 1, temporal_kernel), _size(dim, stride_1x1),
-                                 dim=dim, norm=norm, bias=bias)
+        self.conv1 = _conv(in_channels, width, _size(dim, 1, temporal_kernel), _size(dim, stride_1x1),
+                           norm=norm, dim=dim)
         self.bn1 = create_norm(norm, width, dim, layer_name=f"{layer_name}.bn1")
-        self.conv2 = create_conv(width, width, _size(dim, 3), _size(dim, stride_3x3), groups=groups,
-                                 dim=dim, norm=norm, bias=bias)
+        self.conv2 = _conv(width, width, _size(dim, 3), _size(dim, stride_3x3), norm=norm, dim=dim,
+                           groups=groups)
         self.bn2 = create_norm(norm, width, dim, layer_name=f"{layer_name}.bn2")
-        self.conv3 = create_conv(width, out_channels, _size(dim, 1), dim=dim, norm=norm, bias=bias)
+        self.conv3 = _conv(width, out_channels, _size(dim, 1), norm=norm, dim=dim)
         self.bn3 = create_norm(norm, out_channels, dim, layer_name=f"{layer_name}.bn3")
         self.relu = nn.ReLU(inplace=True)
         self.downsample = self._make_shortcut(in_channels, out_channels, stride, norm, dim, layer_name)
@@ -193,8 +197,7 @@ class ResNet(nn.Module):
         self.norm = spec
         self.stride_in_1x1 = stride_in_1x1
 
-        self.conv1 = create_conv(3, 64, _size(dim, 7, stem_temporal_kernel), _size(dim, 2), dim=dim, norm=spec,
-                                 bias=spec.name == "")
+        self.conv1 = _conv(3, 64, _size(dim, 7, stem_temporal_kernel), _size(dim, 2), norm=spec, dim=dim)
         self.bn1 = create_norm(spec, 64, dim, layer_name="bn1")
         self.relu = nn.ReLU(inplace=True)
         pool = nn.MaxPool2d if dim == 2 else nn.MaxPool3d
@@ -253,10 +256,8 @@ class ResNet(nn.Module):
             for m in self.stage_modules(stage):
                 for p in m.parameters():
                     p.requires_grad_(False)
-            if stage == "stem":
-                self.bn1 = freeze_module(self.bn1)
-            else:
-                setattr(self, stage, freeze_module(getattr(self, stage)))
+            name = "bn1" if stage == "stem" else stage  # the stem's only norm is bn1
+            setattr(self, name, freeze_module(getattr(self, name)))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

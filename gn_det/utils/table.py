@@ -13,6 +13,8 @@ __all__ = ["format_table", "format_metrics_table", "format_per_class_table"]
 
 
 def _cell(value: Any, float_fmt: str) -> str:
+    if value is None:  # a value that does not apply to this row
+        return "-"
     if isinstance(value, float):
         return "nan" if math.isnan(value) else format(value, float_fmt)
     return str(value)
@@ -36,7 +38,7 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], float_fm
             raise ValueError(f"Row {i} has {len(row)} cells but there are {len(headers)} headers")
     widths = [max([len(h)] + [len(r[j]) for r in cells]) for j, h in enumerate(headers)]
     # Numbers are right-aligned, text left-aligned, decided per column.
-    numeric = [all(isinstance(row[j], (int, float)) or row[j] == "" for row in rows) and bool(rows)
+    numeric = [all(isinstance(row[j], (int, float)) or row[j] in ("", None) for row in rows) and bool(rows)
                for j in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
