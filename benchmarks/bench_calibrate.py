@@ -21,7 +21,7 @@ import torch
 import torchvision
 from torch import nn
 
-from gn_det.checkpoint.io import atomic_write_text
+from gn_det.utils.io import atomic_write_text
 from gn_det.convert.calibrate import calibrate
 from gn_det.convert.surgery import convert_model
 

@@ -90,3 +90,46 @@ def test_detectron2_tuple_style_values_in_yaml(tmp_path):
     cfg = load_config(path)
     assert cfg.DATASETS.TRAIN == ("a_train", "b_train") and cfg.DATASETS.TEST == ("a_val",)
     assert cfg.INPUT.MIN_SIZE_TRAIN == (640, 672, 704)
+
+
+# ------------------------------------------------------------------ per-task keys
+
+
+class _PluginTask:
+    """A task of an outside package, named by 'module:Class', declaring one key of its own."""
+
+    @staticmethod
+    def add_config(cfg):
+        from gn_det.config import CfgNode
+
+        cfg.PLUGIN = CfgNode()
+        cfg.PLUGIN.DEPTH = 3
+
+
+def test_each_task_adds_its_own_keys_before_the_merge(tmp_path):
+    det = get_cfg("detection")
+    assert det.TASK == "detection" and det.MODEL.ROI_HEADS.NUM_CLASSES == 80
+    assert det.MODEL.META_ARCHITECTURE == "GeneralizedRCNN" and det.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone"
+    assert get_cfg().TASK == "detection"  # the default task, detectron2's configs need no TASK key
+    plugin = f"{__name__}:_PluginTask"
+    cfg = load_config(_write(tmp_path / "p.yaml", f"TASK: '{plugin}'\nPLUGIN:\n  DEPTH: 5\n"))
+    assert cfg.PLUGIN.DEPTH == 5 and "ROI_HEADS" not in cfg.MODEL  # detection keys stay out
+    # TASK given on the command line is read first too, so the task's keys merge from the file
+    base = _write(tmp_path / "b.yaml", "PLUGIN:\n  DEPTH: 7\n")
+    assert load_config(base, ["TASK", plugin]).PLUGIN.DEPTH == 7
+    with pytest.raises(ConfigError, match=r"'PLUGIN.DEPTH'.*It is a key of TASK '.*_PluginTask'.*TASK is 'detection'"):
+        load_config(base)
+
+
+def test_a_key_of_another_task_names_its_task():
+    with pytest.raises(ConfigError, match=r"'MODEL.ROI_HEADS.NUM_CLASSES'.*key of TASK 'detection'.*TASK is "
+                                          r"'classification'"):
+        load_config(None, ["TASK", "classification", "MODEL.ROI_HEADS.NUM_CLASSES", "3"])
+
+
+def test_unknown_task_and_old_version_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"Unknown TASK 'no_such'.*'detection'"):
+        load_config(None, ["TASK", "no_such"])
+    old = _write(tmp_path / "v1.yaml", "VERSION: 1\n")
+    with pytest.raises(ConfigError, match="VERSION 1: only detectron2's config VERSION 2"):
+        load_config(old)

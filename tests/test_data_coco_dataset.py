@@ -137,7 +137,7 @@ def test_bad_image_is_an_error_naming_the_file_or_a_skip(tmp_path, how):
     files, path = _break(tmp_path, how)
     ds = CocoDetectionDataset(*files)
     assert ds[0]["image_id"] == 1
-    with pytest.raises(DatasetError, match="not found" if how == "missing" else "cannot decode") as e:
+    with pytest.raises(DatasetError, match="file not found" if how == "missing" else "corrupt or not an image") as e:
         ds[1]
     assert path in str(e.value)
     skipped = CocoDetectionDataset(*files, skip_bad=True)[1]

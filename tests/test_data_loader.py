@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gn_det.config.defaults import _C
+from gn_det.config import get_cfg
 from gn_det.data import build as build_module
 from gn_det.data import catalog
 from gn_det.data.build import build_detection_test_loader, build_detection_train_loader, get_dataset_metadata
@@ -28,7 +28,7 @@ def varied_set(tmp_path_factory):
 
 
 def _cfg(varied_set):
-    cfg = _C.clone()
+    cfg = get_cfg("detection")
     cfg.DATASETS.REGISTER = [["varied", *varied_set]]
     cfg.DATASETS.TRAIN = ("varied",)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 5
@@ -124,7 +124,7 @@ def test_bad_image_in_a_worker_names_the_file_or_is_skipped_and_counted(varied_s
 
 def test_synthetic_set_generated_once_into_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GN_DET_CACHE", str(tmp_path))
-    cfg = _C.clone()
+    cfg = get_cfg("detection")
     cfg.DATASETS.SYNTHETIC = [["shapes_tiny", 6, 48, 0]]
     meta = get_dataset_metadata("shapes_tiny", cfg)
     assert meta.class_names == ["circle", "square", "triangle", "star", "cross"]

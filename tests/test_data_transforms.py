@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gn_det.config.defaults import _C
+from gn_det.config import get_cfg
 from gn_det.data.transforms import DetectionTransform, ResizeShortestEdge, build_detection_transform
 
 
@@ -64,7 +64,7 @@ def test_choice_and_range_sampling():
 def test_same_generator_seed_same_augmentation():
     masks, boxes = _masks_and_boxes(40, 64)
     image = torch.randint(0, 255, (3, 40, 64), dtype=torch.uint8)
-    cfg = _C.clone()
+    cfg = get_cfg("detection")
     cfg.INPUT.MIN_SIZE_TRAIN = (32, 48, 64, 80)
     t = build_detection_transform(cfg, is_train=True)
     runs = [t(image, boxes, masks, torch.Generator().manual_seed(s)) for s in (5, 5, 6, 7, 8, 9)]
@@ -73,7 +73,7 @@ def test_same_generator_seed_same_augmentation():
 
 
 def test_test_transform_is_single_scale_without_flip():
-    cfg = _C.clone()
+    cfg = get_cfg("detection")
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 50, 70
     t = build_detection_transform(cfg, is_train=False)
     masks, boxes = _masks_and_boxes(40, 64)

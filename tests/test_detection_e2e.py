@@ -50,6 +50,14 @@ def test_train_eval_resume_and_eval_only(tmp_path, cache):
     evaluated = str(tmp_path / "eval")
     assert train_net(["--config-file", CONFIG, "--eval-only", "OUTPUT_DIR", evaluated,
                       "MODEL.WEIGHTS", os.path.join(straight, "model_final.pth")] + common) == 0
+    # --eval-only of the final weights reproduces the run's own final evaluation exactly
+    again = json.load(open(os.path.join(evaluated, "eval_results.json")))["synthetic_test_val"]
+    for kind in ("bbox", "segm"):
+        for metric in ("AP", "AP50", "AP75"):
+            assert again[kind][metric] == final[f"{kind}/{metric}"], (kind, metric)
+    log = open(os.path.join(evaluated, "log.txt")).read()
+    n = len(__import__("torch").load(os.path.join(straight, "model_final.pth"), weights_only=True)["model"])
+    assert f"Loaded {n} of {n} model tensors from" in log
 
 
 def test_unknown_override_is_a_clear_error(capsys):

@@ -82,6 +82,22 @@ def test_train_resume_and_eval_only(tmp_path, capsys):
     assert "no.pth" in err
 
 
+def test_resume_from_a_checkpoint_that_does_not_fit_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"model": {"other.weight": torch.ones(3)}, "iteration": 5}, out / "model_0000005.pth")
+    (out / "last_checkpoint").write_text("model_0000005.pth")
+    err = _run_expect_exit(["--resume"] + toy_opts(str(out)), capsys)
+    assert "model_0000005.pth does not fit this model" in err and "matched 0 of 8" in err
+    assert "8 model keys missing from the file (conv1.weight" in err and "other.weight" in err
+    assert "Traceback" not in err
+    assert not (out / "metrics.json").exists()  # never trained on
+    # a plain state dict is not a training checkpoint
+    torch.save({"conv1.weight": torch.ones(8, 3, 3, 3)}, out / "model_0000005.pth")
+    err = _run_expect_exit(["--resume"] + toy_opts(str(out)), capsys)
+    assert "is not a gn_det training checkpoint" in err and "MODEL.WEIGHTS" in err
+
+
 def test_non_finite_loss_exits_1_without_traceback(tmp_path, capsys):
     err = _run_expect_exit(toy_opts(str(tmp_path / "nan"), TASK="engine_toy_task:PoisonedToyTask"), capsys, code=1)
     assert "non-finite at iteration 1" in err

@@ -7,11 +7,17 @@ import torch
 import torchvision
 from torch import nn
 
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
 from gn_det.config import get_cfg
+from gn_det.convert import set_stride_in_1x1
 from gn_det.layers import FrozenBatchNorm, WSConv2d, WSConv3d
 from gn_det.layers.conv_norm import BATCH_NORM_TYPES, standardize_conv_norm_pairs
-from gn_det.modeling.backbone.fpn import build_resnet_fpn_backbone
-from gn_det.modeling.backbone.resnet import STAGE_NAMES, build_resnet, build_resnet_from_cfg
+from gn_det.layers.norm import get_norm_layer
+from gn_det.modeling.backbone.fpn import ResNetFPN, build_resnet_fpn_backbone
+from gn_det.modeling.backbone.resnet import (OUT_FEATURE_NAMES, STAGE_NAMES, ResNet, build_resnet,
+                                             build_resnet_from_cfg)
 
 torch.set_num_threads(1)
 
@@ -263,3 +269,601 @@ def test_standardize_conv_norm_pairs_swaps_only_convs_feeding_norms():
                                          "1.0.bias", "2.weight", "2.bias", "3.0.weight", "3.0.bias",
                                          "3.1.weight", "3.1.bias", "3.1.running_mean", "3.1.running_var"]
     assert standardize_conv_norm_pairs(module, "GN+WS") == 0  # already WS: idempotent
+
+
+# ---------------------------------------------------------------------------------------------
+# Named outputs (out_features), temporal strides / pooling, and the ResNetFPN without copies.
+# ---------------------------------------------------------------------------------------------
+
+ALL_OUT = list(OUT_FEATURE_NAMES)
+
+
+def _jitter_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Move every parameter off its init (zero gammas would hide a wrong residual path)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    return module
+
+
+@pytest.mark.parametrize("depth,channels", [(18, [64, 64, 128, 256, 512]), (50, [64, 256, 512, 1024, 2048])])
+def test_out_features_2d_names_shapes_strides_and_same_values(depth, channels):
+    full = _jitter_(build_resnet(depth, "GN")).eval()
+    named = build_resnet(depth, "GN", out_features=["res5", "stem", "res3", "res2", "res4"]).eval()
+    assert list(named.state_dict()) == list(full.state_dict())  # same torchvision keys
+    named.load_state_dict(full.state_dict())
+    assert named.out_features == ALL_OUT  # network order, whatever order was asked
+    assert named.out_channels == dict(zip(ALL_OUT, channels))
+    assert named.out_strides == {"stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
+    assert named.out_temporal_strides == dict.fromkeys(ALL_OUT, 1)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        feats = named(x)
+        ref = full(x)
+    assert list(feats) == ALL_OUT
+    assert [tuple(f.shape) for f in feats.values()] == [
+        (2, c, 64 // s, 96 // s) for c, s in zip(channels, [4, 4, 8, 16, 32])]
+    torch.testing.assert_close(feats["res5"], ref, rtol=0, atol=0)
+    stem = full.maxpool(full.relu(full.bn1(full.conv1(x))))
+    with torch.no_grad():
+        torch.testing.assert_close(feats["stem"], stem, rtol=0, atol=0)
+        torch.testing.assert_close(feats["res3"], full.layer2(full.layer1(stem)), rtol=0, atol=0)
+    # Without out_features: a tensor, and out_channels/out_strides still describe every stage.
+    assert isinstance(ref, torch.Tensor) and full.out_features is None
+    assert full.out_strides["res5"] == 32 and full.out_channels["res5"] == channels[-1]
+
+
+def test_out_features_subset_builds_only_needed_stages():
+    model = build_resnet(18, "GN", out_features=["res3", "res4"], freeze_at=5)
+    assert [n for n, _ in model.named_children()] == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2",
+                                                      "layer3"]
+    assert not any(k.startswith("layer4") for k in model.state_dict())
+    assert model.out_channels == {"res3": 128, "res4": 256} and model.out_strides == {"res3": 8, "res4": 16}
+    assert not any(p.requires_grad for p in model.parameters())  # freeze_at=5 skips the missing layer4
+    feats = model(torch.randn(1, 3, 64, 64))
+    assert list(feats) == ["res3", "res4"] and feats["res4"].shape == (1, 256, 4, 4)
+    stem_only = build_resnet(18, "GN", out_features=["stem"])
+    assert not hasattr(stem_only, "layer1") and stem_only(torch.randn(1, 3, 32, 32))["stem"].shape == (1, 64, 8, 8)
+
+
+def test_out_features_errors_list_the_valid_names():
+    with pytest.raises(ValueError, match=r"\['res1'\].*\['stem', 'res2', 'res3', 'res4', 'res5'\]"):
+        build_resnet(18, "GN", out_features=["res1", "res2"])
+    with pytest.raises(ValueError, match="layer4"):
+        build_resnet(18, "GN", out_features=["layer4"])  # torchvision's module name is not an output name
+    with pytest.raises(ValueError, match="twice"):
+        build_resnet(18, "GN", out_features=["res2", "res2"])
+    with pytest.raises(ValueError, match="at least one"):
+        build_resnet(18, "GN", out_features=[])
+    with pytest.raises(TypeError, match="list of names"):
+        build_resnet(18, "GN", out_features="res5")
+    with pytest.raises(ValueError, match="num_classes"):
+        build_resnet(18, "GN", out_features=["res5"], num_classes=10)
+
+
+def test_build_resnet_from_cfg_reads_out_features_only_when_asked():
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.NORM = 18, "GN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res5"]
+    assert build_resnet_from_cfg(cfg).out_features is None  # as before: last stage only
+    assert build_resnet_from_cfg(cfg, out_features=True).out_features == ["res3", "res5"]
+    assert build_resnet_from_cfg(cfg, out_features=["stem"]).out_features == ["stem"]
+    assert build_resnet_from_cfg(cfg, 3, temporal_pool=2).temporal_pool is not None  # kwargs still pass through
+
+
+def test_out_features_3d_shapes_match_the_reported_strides():
+    model = build_resnet(18, "GN", dim=3, out_features=ALL_OUT, temporal_strides=[1, 2, 1, 2],
+                         temporal_pool=2).eval()
+    x = torch.randn(1, 3, 16, 64, 64)
+    with torch.no_grad():
+        feats = model(x)
+    assert model.out_temporal_strides == {"stem": 1, "res2": 1, "res3": 4, "res4": 4, "res5": 8}
+    for name, f in feats.items():
+        t_stride, stride = model.out_temporal_strides[name], model.out_strides[name]
+        assert tuple(f.shape) == (1, model.out_channels[name], 16 // t_stride, 64 // stride, 64 // stride), name
+
+
+@pytest.mark.parametrize("depth,stride_in_1x1", [(18, False), (50, False), (50, True)])
+def test_temporal_strides_halve_time_where_asked(depth, stride_in_1x1):
+    model = build_resnet(depth, "GN", dim=3, temporal_strides=[2, 1, 2, 1], stride_in_1x1=stride_in_1x1,
+                         out_features=["res2", "res3", "res4", "res5"]).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 8, 32, 32))
+    assert [f.shape[2] for f in feats.values()] == [4, 4, 2, 2]
+    assert [f.shape[-1] for f in feats.values()] == [8, 4, 2, 1]
+    strided = "conv1" if depth == 18 or stride_in_1x1 else "conv2"  # the conv with the spatial stride
+    other = {"conv1": "conv2", "conv2": "conv1"}[strided]
+    for stage, (t, s) in {"layer1": (2, 1), "layer2": (1, 2), "layer3": (2, 2), "layer4": (1, 2)}.items():
+        first = getattr(model, stage)[0]
+        assert getattr(first, strided).stride == (t, s, s), stage
+        assert getattr(first, other).stride == (1, 1, 1), stage
+        assert first.downsample[0].stride == (t, s, s), stage
+        assert all(c.stride == (1, 1, 1) for b in getattr(model, stage)[1:] for c in b.modules()
+                   if isinstance(c, nn.Conv3d)), stage
+    if depth == 18:  # layer1 keeps its width, so the temporal stride alone asks for a shortcut conv
+        assert build_resnet(18, "GN", dim=3).layer1[0].downsample is None
+    with pytest.raises(ValueError, match="temporal_strides other than 1 need dim=3"):
+        build_resnet(18, "GN", temporal_strides=[1, 2, 1, 1])
+    with pytest.raises(ValueError, match="one positive int per stage"):
+        build_resnet(18, "GN", dim=3, temporal_strides=[1, 2])
+
+
+def test_temporal_pool_halves_time_after_res2_without_new_keys():
+    plain = _jitter_(build_resnet(18, "GN", dim=3, out_features=ALL_OUT)).eval()
+    pooled = build_resnet(18, "GN", dim=3, out_features=ALL_OUT, temporal_pool=2).eval()
+    assert list(pooled.state_dict()) == list(plain.state_dict())
+    pooled.load_state_dict(plain.state_dict())
+    assert isinstance(pooled.temporal_pool, nn.MaxPool3d) and not list(pooled.temporal_pool.state_dict())
+    assert pooled.temporal_pool.kernel_size == (2, 1, 1) and pooled.temporal_pool.stride == (2, 1, 1)
+    assert plain.temporal_pool is None and "temporal_pool" not in dict(plain.named_modules())
+    x = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        a, b = plain(x), pooled(x)
+        torch.testing.assert_close(b["res2"], a["res2"], rtol=0, atol=0)  # res2 is read before the pool
+        torch.testing.assert_close(b["res3"], plain.layer2(nn.functional.max_pool3d(a["res2"], (2, 1, 1))),
+                                   rtol=0, atol=0)
+    assert [f.shape[2] for f in b.values()] == [8, 8, 4, 4, 4]
+    # The plain (tensor) forward pools too.
+    body = build_resnet(18, "GN", dim=3, temporal_pool=2).eval()
+    assert body(x).shape == (1, 512, 4, 1, 1)
+    with pytest.raises(ValueError, match="temporal_pool other than 1 needs dim=3"):
+        build_resnet(18, "GN", temporal_pool=2)
+    with pytest.raises(ValueError, match="positive int"):
+        build_resnet(18, "GN", dim=3, temporal_pool=0)
+
+
+def test_i3d_temporal_kernels_stem_and_padding():
+    """PySlowFast's I3D R-50: stem 5x7x7 / (1, 2, 2), pool (1, 3, 3) / (1, 2, 2), pool1 [2, 1, 1]."""
+    temporal = [3, [3, 1, 3, 1], [3, 1, 3, 1, 3, 1], [1, 3, 1]]
+    model = build_resnet(50, "GN", dim=3, stem_temporal_kernel=5, temporal_kernels=temporal, temporal_pool=2,
+                         out_features=ALL_OUT).eval()
+    assert (model.conv1.kernel_size, model.conv1.stride, model.conv1.padding) == ((5, 7, 7), (1, 2, 2), (2, 3, 3))
+    assert (model.maxpool.kernel_size, model.maxpool.stride, model.maxpool.padding) == \
+        ((1, 3, 3), (1, 2, 2), (0, 1, 1))
+    assert [b.conv1.kernel_size[0] for b in model.layer1] == [3, 3, 3]
+    assert [b.conv1.kernel_size[0] for b in model.layer3] == [3, 1, 3, 1, 3, 1]
+    assert [b.conv1.kernel_size[0] for b in model.layer4] == [1, 3, 1]
+    for m in model.modules():  # temporal padding k // 2: T is kept at temporal stride 1
+        if isinstance(m, nn.Conv3d):
+            assert m.padding[0] == m.kernel_size[0] // 2
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 8, 32, 32))
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        "stem": (1, 64, 8, 8, 8), "res2": (1, 256, 8, 8, 8), "res3": (1, 512, 4, 4, 4),
+        "res4": (1, 1024, 4, 2, 2), "res5": (1, 2048, 4, 1, 1)}
+    assert all(torch.isfinite(f).all() for f in feats.values())
+    with pytest.raises(ValueError, match="odd"):
+        build_resnet(18, "GN", dim=3, temporal_kernels=[2, 1, 1, 1])
+    with pytest.raises(ValueError, match="odd"):
+        build_resnet(18, "GN", dim=3, stem_temporal_kernel=4)
+
+
+@pytest.mark.parametrize("temporal_strides", [None, [1, 2, 1, 1]])
+def test_set_stride_in_1x1_moves_only_the_spatial_stride_in_3d(temporal_strides):
+    model = build_resnet(50, "GN", dim=3, temporal_strides=temporal_strides).eval()
+    t = 1 if temporal_strides is None else 2
+    assert model.layer2[0].conv2.stride == (t, 2, 2)
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        shape = model(x).shape
+    assert set_stride_in_1x1(model, True) == 3
+    for stage in ("layer2", "layer3", "layer4"):
+        block = getattr(model, stage)[0]
+        tt = t if stage == "layer2" else 1
+        assert block.conv1.stride == (1, 2, 2) and block.conv2.stride == (tt, 1, 1), stage  # never (2, 2, 2)
+    with torch.no_grad():
+        assert model(x).shape == shape
+    assert set_stride_in_1x1(model, False) == 3
+    assert model.layer2[0].conv1.stride == (1, 1, 1) and model.layer2[0].conv2.stride == (t, 2, 2)
+    assert model.layer3[0].conv2.stride == (1, 2, 2)
+    flat = build_resnet(50, "GN")  # 2D is unchanged
+    set_stride_in_1x1(flat, True)
+    assert flat.layer3[0].conv1.stride == (2, 2) and flat.layer3[0].conv2.stride == (1, 1)
+
+
+def _state_listing(module: nn.Module) -> list[str]:
+    return [f"{k} {','.join(map(str, v.shape))}" for k, v in module.state_dict().items()]
+
+
+@pytest.mark.parametrize("case", ["r18_gn", "r50_gnws", "r18_res3_res4"])
+def test_fpn_state_dict_keys_and_shapes_unchanged(case):
+    """Keys/shapes as the BackboneWithFPN version produced them (listed in _OLD_FPN_KEYS)."""
+    depth, body_norm, fpn_norm, channels, feats = _OLD_FPN_CASES[case]
+    cfg = _fpn_cfg(fpn_norm, body_norm=body_norm)
+    cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.RESNETS.OUT_FEATURES = depth, channels, feats
+    backbone = build_resnet_fpn_backbone(cfg)
+    assert _state_listing(backbone) == _OLD_FPN_KEYS[case].split("\n")
+
+
+def _old_backbone(body: ResNet, layers: list[str], out_channels: int, fpn_norm: str) -> BackboneWithFPN:
+    """The previous implementation: torchvision's BackboneWithFPN (an IntermediateLayerGetter copy)."""
+    ref = BackboneWithFPN(body, return_layers={layer: str(i) for i, layer in enumerate(layers)},
+                          in_channels_list=[body.stage_channels[layer] for layer in layers],
+                          out_channels=out_channels, extra_blocks=LastLevelMaxPool(),
+                          norm_layer=get_norm_layer(fpn_norm))
+    standardize_conv_norm_pairs(ref.fpn, fpn_norm)
+    return ref
+
+
+@pytest.mark.parametrize("body_norm,fpn_norm,feats,freeze_at", [
+    ("GN+WS", "GN+WS", ["res2", "res3", "res4", "res5"], 0),
+    ("GN", "", ["res3", "res4"], 0),
+    ("BN", "GN", ["res2", "res3", "res4", "res5"], 2),
+])
+def test_fpn_forward_equals_torchvision_backbone_with_fpn(body_norm, fpn_norm, feats, freeze_at):
+    cfg = _fpn_cfg(fpn_norm, body_norm=body_norm)
+    cfg.MODEL.RESNETS.OUT_FEATURES, cfg.MODEL.BACKBONE.FREEZE_AT = feats, freeze_at
+    new = _jitter_(build_resnet_fpn_backbone(cfg)).eval()
+    layers = [f"layer{int(f[3]) - 1}" for f in feats]
+    old = _old_backbone(build_resnet(18, body_norm, freeze_at=freeze_at), layers, 64, fpn_norm).eval()
+    assert _state_listing(new) == _state_listing(old)
+    old.load_state_dict(new.state_dict(), strict=True)
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        a, b = new(x), old(x)
+    assert list(a) == list(b) == [str(i) for i in range(len(feats))] + ["pool"]
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+
+
+def test_fpn_body_is_the_resnet_and_freeze_is_visible():
+    cfg = _fpn_cfg("GN", body_norm="BN")
+    cfg.MODEL.BACKBONE.FREEZE_AT = 2
+    backbone = build_resnet_fpn_backbone(cfg)
+    assert isinstance(backbone, ResNetFPN) and type(backbone.body) is ResNet
+    assert backbone.in_features == ["res2", "res3", "res4", "res5"] and backbone.out_channels == 64
+    assert backbone.body.out_strides == {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+    assert backbone.body_norm.name == "BN" and backbone.stride_in_1x1 is False  # deprecated views
+    assert isinstance(backbone.body.bn1, FrozenBatchNorm) and isinstance(backbone.body.layer1[0].bn1, FrozenBatchNorm)
+    assert type(backbone.body.layer2[0].bn1) is nn.BatchNorm2d
+    # Freezing later, through the detector's backbone, reaches what its forward runs.
+    backbone.body.freeze(3)
+    assert isinstance(backbone.get_submodule("body.layer2.0.bn1"), FrozenBatchNorm)
+    assert not any(p.requires_grad for p in backbone.body.layer2.parameters())
+    before = {k: v.clone() for k, v in backbone.state_dict().items() if "running_mean" in k}
+    backbone.train()
+    backbone(torch.randn(2, 3, 64, 64) * 3 + 1)
+    changed = {k for k, v in backbone.state_dict().items() if k in before and not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(("body.layer3", "body.layer4")) for k in changed)
+    with pytest.raises(ValueError, match="out_features"):
+        ResNetFPN(build_resnet(18, "GN"), 64, "GN")
+    with pytest.raises(ValueError, match="stem"):
+        ResNetFPN(build_resnet(18, "GN", out_features=["stem", "res2"]), 64, "GN")
+    with pytest.raises(ValueError, match="dim=2"):
+        ResNetFPN(build_resnet(18, "GN", dim=3, out_features=["res2"]), 64, "GN")
+
+
+# (depth, body norm, FPN norm, FPN channels, OUT_FEATURES) of the listings below.
+_OLD_FPN_CASES = {
+    "r18_gn": (18, "GN", "GN", 64, ["res2", "res3", "res4", "res5"]),
+    "r50_gnws": (50, "GN+WS", "GN+WS", 256, ["res2", "res3", "res4", "res5"]),
+    "r18_res3_res4": (18, "GN", "", 32, ["res3", "res4"]),  # the old body dropped layer4: no keys
+}
+# Generated with the BackboneWithFPN implementation (before ResNetFPN used the ResNet as-is):
+# "<state-dict key> <shape>" per line, in state-dict order.
+_OLD_FPN_KEYS = {
+    "r18_gn": """\
+body.conv1.weight 64,3,7,7
+body.bn1.weight 64
+body.bn1.bias 64
+body.layer1.0.conv1.weight 64,64,3,3
+body.layer1.0.bn1.weight 64
+body.layer1.0.bn1.bias 64
+body.layer1.0.conv2.weight 64,64,3,3
+body.layer1.0.bn2.weight 64
+body.layer1.0.bn2.bias 64
+body.layer1.1.conv1.weight 64,64,3,3
+body.layer1.1.bn1.weight 64
+body.layer1.1.bn1.bias 64
+body.layer1.1.conv2.weight 64,64,3,3
+body.layer1.1.bn2.weight 64
+body.layer1.1.bn2.bias 64
+body.layer2.0.conv1.weight 128,64,3,3
+body.layer2.0.bn1.weight 128
+body.layer2.0.bn1.bias 128
+body.layer2.0.conv2.weight 128,128,3,3
+body.layer2.0.bn2.weight 128
+body.layer2.0.bn2.bias 128
+body.layer2.0.downsample.0.weight 128,64,1,1
+body.layer2.0.downsample.1.weight 128
+body.layer2.0.downsample.1.bias 128
+body.layer2.1.conv1.weight 128,128,3,3
+body.layer2.1.bn1.weight 128
+body.layer2.1.bn1.bias 128
+body.layer2.1.conv2.weight 128,128,3,3
+body.layer2.1.bn2.weight 128
+body.layer2.1.bn2.bias 128
+body.layer3.0.conv1.weight 256,128,3,3
+body.layer3.0.bn1.weight 256
+body.layer3.0.bn1.bias 256
+body.layer3.0.conv2.weight 256,256,3,3
+body.layer3.0.bn2.weight 256
+body.layer3.0.bn2.bias 256
+body.layer3.0.downsample.0.weight 256,128,1,1
+body.layer3.0.downsample.1.weight 256
+body.layer3.0.downsample.1.bias 256
+body.layer3.1.conv1.weight 256,256,3,3
+body.layer3.1.bn1.weight 256
+body.layer3.1.bn1.bias 256
+body.layer3.1.conv2.weight 256,256,3,3
+body.layer3.1.bn2.weight 256
+body.layer3.1.bn2.bias 256
+body.layer4.0.conv1.weight 512,256,3,3
+body.layer4.0.bn1.weight 512
+body.layer4.0.bn1.bias 512
+body.layer4.0.conv2.weight 512,512,3,3
+body.layer4.0.bn2.weight 512
+body.layer4.0.bn2.bias 512
+body.layer4.0.downsample.0.weight 512,256,1,1
+body.layer4.0.downsample.1.weight 512
+body.layer4.0.downsample.1.bias 512
+body.layer4.1.conv1.weight 512,512,3,3
+body.layer4.1.bn1.weight 512
+body.layer4.1.bn1.bias 512
+body.layer4.1.conv2.weight 512,512,3,3
+body.layer4.1.bn2.weight 512
+body.layer4.1.bn2.bias 512
+fpn.inner_blocks.0.0.weight 64,64,1,1
+fpn.inner_blocks.0.1.weight 64
+fpn.inner_blocks.0.1.bias 64
+fpn.inner_blocks.1.0.weight 64,128,1,1
+fpn.inner_blocks.1.1.weight 64
+fpn.inner_blocks.1.1.bias 64
+fpn.inner_blocks.2.0.weight 64,256,1,1
+fpn.inner_blocks.2.1.weight 64
+fpn.inner_blocks.2.1.bias 64
+fpn.inner_blocks.3.0.weight 64,512,1,1
+fpn.inner_blocks.3.1.weight 64
+fpn.inner_blocks.3.1.bias 64
+fpn.layer_blocks.0.0.weight 64,64,3,3
+fpn.layer_blocks.0.1.weight 64
+fpn.layer_blocks.0.1.bias 64
+fpn.layer_blocks.1.0.weight 64,64,3,3
+fpn.layer_blocks.1.1.weight 64
+fpn.layer_blocks.1.1.bias 64
+fpn.layer_blocks.2.0.weight 64,64,3,3
+fpn.layer_blocks.2.1.weight 64
+fpn.layer_blocks.2.1.bias 64
+fpn.layer_blocks.3.0.weight 64,64,3,3
+fpn.layer_blocks.3.1.weight 64
+fpn.layer_blocks.3.1.bias 64""",
+    "r50_gnws": """\
+body.conv1.weight 64,3,7,7
+body.bn1.weight 64
+body.bn1.bias 64
+body.layer1.0.conv1.weight 64,64,1,1
+body.layer1.0.bn1.weight 64
+body.layer1.0.bn1.bias 64
+body.layer1.0.conv2.weight 64,64,3,3
+body.layer1.0.bn2.weight 64
+body.layer1.0.bn2.bias 64
+body.layer1.0.conv3.weight 256,64,1,1
+body.layer1.0.bn3.weight 256
+body.layer1.0.bn3.bias 256
+body.layer1.0.downsample.0.weight 256,64,1,1
+body.layer1.0.downsample.1.weight 256
+body.layer1.0.downsample.1.bias 256
+body.layer1.1.conv1.weight 64,256,1,1
+body.layer1.1.bn1.weight 64
+body.layer1.1.bn1.bias 64
+body.layer1.1.conv2.weight 64,64,3,3
+body.layer1.1.bn2.weight 64
+body.layer1.1.bn2.bias 64
+body.layer1.1.conv3.weight 256,64,1,1
+body.layer1.1.bn3.weight 256
+body.layer1.1.bn3.bias 256
+body.layer1.2.conv1.weight 64,256,1,1
+body.layer1.2.bn1.weight 64
+body.layer1.2.bn1.bias 64
+body.layer1.2.conv2.weight 64,64,3,3
+body.layer1.2.bn2.weight 64
+body.layer1.2.bn2.bias 64
+body.layer1.2.conv3.weight 256,64,1,1
+body.layer1.2.bn3.weight 256
+body.layer1.2.bn3.bias 256
+body.layer2.0.conv1.weight 128,256,1,1
+body.layer2.0.bn1.weight 128
+body.layer2.0.bn1.bias 128
+body.layer2.0.conv2.weight 128,128,3,3
+body.layer2.0.bn2.weight 128
+body.layer2.0.bn2.bias 128
+body.layer2.0.conv3.weight 512,128,1,1
+body.layer2.0.bn3.weight 512
+body.layer2.0.bn3.bias 512
+body.layer2.0.downsample.0.weight 512,256,1,1
+body.layer2.0.downsample.1.weight 512
+body.layer2.0.downsample.1.bias 512
+body.layer2.1.conv1.weight 128,512,1,1
+body.layer2.1.bn1.weight 128
+body.layer2.1.bn1.bias 128
+body.layer2.1.conv2.weight 128,128,3,3
+body.layer2.1.bn2.weight 128
+body.layer2.1.bn2.bias 128
+body.layer2.1.conv3.weight 512,128,1,1
+body.layer2.1.bn3.weight 512
+body.layer2.1.bn3.bias 512
+body.layer2.2.conv1.weight 128,512,1,1
+body.layer2.2.bn1.weight 128
+body.layer2.2.bn1.bias 128
+body.layer2.2.conv2.weight 128,128,3,3
+body.layer2.2.bn2.weight 128
+body.layer2.2.bn2.bias 128
+body.layer2.2.conv3.weight 512,128,1,1
+body.layer2.2.bn3.weight 512
+body.layer2.2.bn3.bias 512
+body.layer2.3.conv1.weight 128,512,1,1
+body.layer2.3.bn1.weight 128
+body.layer2.3.bn1.bias 128
+body.layer2.3.conv2.weight 128,128,3,3
+body.layer2.3.bn2.weight 128
+body.layer2.3.bn2.bias 128
+body.layer2.3.conv3.weight 512,128,1,1
+body.layer2.3.bn3.weight 512
+body.layer2.3.bn3.bias 512
+body.layer3.0.conv1.weight 256,512,1,1
+body.layer3.0.bn1.weight 256
+body.layer3.0.bn1.bias 256
+body.layer3.0.conv2.weight 256,256,3,3
+body.layer3.0.bn2.weight 256
+body.layer3.0.bn2.bias 256
+body.layer3.0.conv3.weight 1024,256,1,1
+body.layer3.0.bn3.weight 1024
+body.layer3.0.bn3.bias 1024
+body.layer3.0.downsample.0.weight 1024,512,1,1
+body.layer3.0.downsample.1.weight 1024
+body.layer3.0.downsample.1.bias 1024
+body.layer3.1.conv1.weight 256,1024,1,1
+body.layer3.1.bn1.weight 256
+body.layer3.1.bn1.bias 256
+body.layer3.1.conv2.weight 256,256,3,3
+body.layer3.1.bn2.weight 256
+body.layer3.1.bn2.bias 256
+body.layer3.1.conv3.weight 1024,256,1,1
+body.layer3.1.bn3.weight 1024
+body.layer3.1.bn3.bias 1024
+body.layer3.2.conv1.weight 256,1024,1,1
+body.layer3.2.bn1.weight 256
+body.layer3.2.bn1.bias 256
+body.layer3.2.conv2.weight 256,256,3,3
+body.layer3.2.bn2.weight 256
+body.layer3.2.bn2.bias 256
+body.layer3.2.conv3.weight 1024,256,1,1
+body.layer3.2.bn3.weight 1024
+body.layer3.2.bn3.bias 1024
+body.layer3.3.conv1.weight 256,1024,1,1
+body.layer3.3.bn1.weight 256
+body.layer3.3.bn1.bias 256
+body.layer3.3.conv2.weight 256,256,3,3
+body.layer3.3.bn2.weight 256
+body.layer3.3.bn2.bias 256
+body.layer3.3.conv3.weight 1024,256,1,1
+body.layer3.3.bn3.weight 1024
+body.layer3.3.bn3.bias 1024
+body.layer3.4.conv1.weight 256,1024,1,1
+body.layer3.4.bn1.weight 256
+body.layer3.4.bn1.bias 256
+body.layer3.4.conv2.weight 256,256,3,3
+body.layer3.4.bn2.weight 256
+body.layer3.4.bn2.bias 256
+body.layer3.4.conv3.weight 1024,256,1,1
+body.layer3.4.bn3.weight 1024
+body.layer3.4.bn3.bias 1024
+body.layer3.5.conv1.weight 256,1024,1,1
+body.layer3.5.bn1.weight 256
+body.layer3.5.bn1.bias 256
+body.layer3.5.conv2.weight 256,256,3,3
+body.layer3.5.bn2.weight 256
+body.layer3.5.bn2.bias 256
+body.layer3.5.conv3.weight 1024,256,1,1
+body.layer3.5.bn3.weight 1024
+body.layer3.5.bn3.bias 1024
+body.layer4.0.conv1.weight 512,1024,1,1
+body.layer4.0.bn1.weight 512
+body.layer4.0.bn1.bias 512
+body.layer4.0.conv2.weight 512,512,3,3
+body.layer4.0.bn2.weight 512
+body.layer4.0.bn2.bias 512
+body.layer4.0.conv3.weight 2048,512,1,1
+body.layer4.0.bn3.weight 2048
+body.layer4.0.bn3.bias 2048
+body.layer4.0.downsample.0.weight 2048,1024,1,1
+body.layer4.0.downsample.1.weight 2048
+body.layer4.0.downsample.1.bias 2048
+body.layer4.1.conv1.weight 512,2048,1,1
+body.layer4.1.bn1.weight 512
+body.layer4.1.bn1.bias 512
+body.layer4.1.conv2.weight 512,512,3,3
+body.layer4.1.bn2.weight 512
+body.layer4.1.bn2.bias 512
+body.layer4.1.conv3.weight 2048,512,1,1
+body.layer4.1.bn3.weight 2048
+body.layer4.1.bn3.bias 2048
+body.layer4.2.conv1.weight 512,2048,1,1
+body.layer4.2.bn1.weight 512
+body.layer4.2.bn1.bias 512
+body.layer4.2.conv2.weight 512,512,3,3
+body.layer4.2.bn2.weight 512
+body.layer4.2.bn2.bias 512
+body.layer4.2.conv3.weight 2048,512,1,1
+body.layer4.2.bn3.weight 2048
+body.layer4.2.bn3.bias 2048
+fpn.inner_blocks.0.0.weight 256,256,1,1
+fpn.inner_blocks.0.1.weight 256
+fpn.inner_blocks.0.1.bias 256
+fpn.inner_blocks.1.0.weight 256,512,1,1
+fpn.inner_blocks.1.1.weight 256
+fpn.inner_blocks.1.1.bias 256
+fpn.inner_blocks.2.0.weight 256,1024,1,1
+fpn.inner_blocks.2.1.weight 256
+fpn.inner_blocks.2.1.bias 256
+fpn.inner_blocks.3.0.weight 256,2048,1,1
+fpn.inner_blocks.3.1.weight 256
+fpn.inner_blocks.3.1.bias 256
+fpn.layer_blocks.0.0.weight 256,256,3,3
+fpn.layer_blocks.0.1.weight 256
+fpn.layer_blocks.0.1.bias 256
+fpn.layer_blocks.1.0.weight 256,256,3,3
+fpn.layer_blocks.1.1.weight 256
+fpn.layer_blocks.1.1.bias 256
+fpn.layer_blocks.2.0.weight 256,256,3,3
+fpn.layer_blocks.2.1.weight 256
+fpn.layer_blocks.2.1.bias 256
+fpn.layer_blocks.3.0.weight 256,256,3,3
+fpn.layer_blocks.3.1.weight 256
+fpn.layer_blocks.3.1.bias 256""",
+    "r18_res3_res4": """\
+body.conv1.weight 64,3,7,7
+body.bn1.weight 64
+body.bn1.bias 64
+body.layer1.0.conv1.weight 64,64,3,3
+body.layer1.0.bn1.weight 64
+body.layer1.0.bn1.bias 64
+body.layer1.0.conv2.weight 64,64,3,3
+body.layer1.0.bn2.weight 64
+body.layer1.0.bn2.bias 64
+body.layer1.1.conv1.weight 64,64,3,3
+body.layer1.1.bn1.weight 64
+body.layer1.1.bn1.bias 64
+body.layer1.1.conv2.weight 64,64,3,3
+body.layer1.1.bn2.weight 64
+body.layer1.1.bn2.bias 64
+body.layer2.0.conv1.weight 128,64,3,3
+body.layer2.0.bn1.weight 128
+body.layer2.0.bn1.bias 128
+body.layer2.0.conv2.weight 128,128,3,3
+body.layer2.0.bn2.weight 128
+body.layer2.0.bn2.bias 128
+body.layer2.0.downsample.0.weight 128,64,1,1
+body.layer2.0.downsample.1.weight 128
+body.layer2.0.downsample.1.bias 128
+body.layer2.1.conv1.weight 128,128,3,3
+body.layer2.1.bn1.weight 128
+body.layer2.1.bn1.bias 128
+body.layer2.1.conv2.weight 128,128,3,3
+body.layer2.1.bn2.weight 128
+body.layer2.1.bn2.bias 128
+body.layer3.0.conv1.weight 256,128,3,3
+body.layer3.0.bn1.weight 256
+body.layer3.0.bn1.bias 256
+body.layer3.0.conv2.weight 256,256,3,3
+body.layer3.0.bn2.weight 256
+body.layer3.0.bn2.bias 256
+body.layer3.0.downsample.0.weight 256,128,1,1
+body.layer3.0.downsample.1.weight 256
+body.layer3.0.downsample.1.bias 256
+body.layer3.1.conv1.weight 256,256,3,3
+body.layer3.1.bn1.weight 256
+body.layer3.1.bn1.bias 256
+body.layer3.1.conv2.weight 256,256,3,3
+body.layer3.1.bn2.weight 256
+body.layer3.1.bn2.bias 256
+fpn.inner_blocks.0.0.weight 32,128,1,1
+fpn.inner_blocks.0.0.bias 32
+fpn.inner_blocks.1.0.weight 32,256,1,1
+fpn.inner_blocks.1.0.bias 32
+fpn.layer_blocks.0.0.weight 32,32,3,3
+fpn.layer_blocks.0.0.bias 32
+fpn.layer_blocks.1.0.weight 32,32,3,3
+fpn.layer_blocks.1.0.bias 32""",
+}

@@ -15,7 +15,9 @@ from gn_det.checkpoint import Checkpoint, CheckpointError, make_meta, write_chec
 from gn_det.config import load_config
 from gn_det.layers import FrozenBatchNorm, WSConv2d
 from gn_det.layers.conv_norm import BATCH_NORM_TYPES
-from gn_det.modeling.mask_rcnn import GNMaskRCNN, build_mask_rcnn, load_mask_rcnn_weights, to_original_size
+from gn_det.engine.trainer import load_model_weights
+from gn_det.modeling.mask_rcnn import GNMaskRCNN, build_mask_rcnn, to_original_size
+from gn_det.tasks.detection import DetectionTask
 
 torch.set_num_threads(1)
 
@@ -230,21 +232,45 @@ def test_mask_off_gives_boxes_only():
 # ---------------------------------------------------------------- MODEL.WEIGHTS
 
 
+def _load(model: GNMaskRCNN, path, *opts, norm: str | None = None):
+    """MODEL.WEIGHTS through the engine's one loading path, with the config the model was built from."""
+    return load_model_weights(_cfg(*opts, norm=norm), model, str(path), DetectionTask())
+
+
 def test_resnet_checkpoint_loads_into_backbone_and_logs_report(tmp_path, caplog):
     ref = torchvision.models.resnet18()
     path = tmp_path / "r18.pth"
     torch.save(ref.state_dict(), path)
     model = _model(norm="FrozenBN")
-    with caplog.at_level(logging.INFO, logger="gn_det.modeling.mask_rcnn"):
-        report = load_mask_rcnn_weights(model, str(path))
-    assert len(report.loaded) == len([k for k in ref.state_dict() if not k.startswith("fc.")
-                                      and not k.endswith("num_batches_tracked")])
+    with caplog.at_level(logging.INFO, logger="gn_det.checkpoint.model_loading"):
+        report = _load(model, path, norm="FrozenBN")
+    body = [k for k in ref.state_dict() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
+    assert sorted(report.loaded) == sorted("backbone.body." + k for k in body)
+    # fc and num_batches_tracked (FrozenBN has none) are unexpected; nothing in the body is missing
     unused = {"fc.bias", "fc.weight"} | {k for k in ref.state_dict() if k.endswith("num_batches_tracked")}
-    assert set(report.unused) == unused and report.missing == []
-    assert f"unused source keys: {len(unused)}" in caplog.text
+    assert set(report.unexpected) == unused and not report.shape_mismatched
+    assert not [k for k in report.missing if k.startswith("backbone.body.")]
+    n_model = len(model.state_dict())
+    assert report.num_model_tensors == n_model
+    assert len(report.loaded) + len(report.missing) == n_model  # each key counted exactly once
+    assert f"Loaded {len(body)} of {n_model} model tensors from {path}" in caplog.text
     torch.testing.assert_close(model.backbone.body.layer3[1].conv2.weight, ref.layer3[1].conv2.weight)
     torch.testing.assert_close(model.backbone.body.layer2[0].downsample[1].running_var,
                                ref.layer2[0].downsample[1].running_var)
+
+
+def test_resnet_checkpoint_of_another_depth_is_refused(tmp_path):
+    deeper, shallower = tmp_path / "r34.pth", tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), deeper)  # layer1 has 3 blocks, ResNet-18 2
+    torch.save(torchvision.models.resnet18().state_dict(), shallower)
+    model = _model(norm="FrozenBN")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"layers this model does not have \(layer1\.2\.bn1\.bias.*DEPTH"):
+        _load(model, deeper, norm="FrozenBN")
+    r34 = _model("MODEL.RESNETS.DEPTH", "34", norm="FrozenBN")
+    with pytest.raises(CheckpointError, match=r"does not fill backbone\.body\.\* .*missing: backbone\.body\.layer1\.2"):
+        _load(r34, shallower, "MODEL.RESNETS.DEPTH", "34", norm="FrozenBN")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing copied
 
 
 def test_stride_placement_mismatch_is_refused(tmp_path):
@@ -253,9 +279,10 @@ def test_stride_placement_mismatch_is_refused(tmp_path):
     path = tmp_path / "r50_gn_msra.pth"
     write_checkpoint(Checkpoint(state, make_meta("gn_det", "GN", stride_in_1x1=True, stride_source="test")), path)
     with pytest.raises(CheckpointError, match="STRIDE_IN_1X1"):
-        load_mask_rcnn_weights(model, str(path))
+        _load(model, path, "MODEL.RESNETS.DEPTH", "50", norm="GN")
     matching = _model("MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.STRIDE_IN_1X1", "True", norm="GN")
-    assert len(load_mask_rcnn_weights(matching, str(path)).loaded) == len(state)
+    report = _load(matching, path, "MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.STRIDE_IN_1X1", "True", norm="GN")
+    assert len(report.loaded) == len(state)
 
 
 def test_detector_checkpoint_round_trip_and_missing_file(tmp_path, caplog):
@@ -264,11 +291,33 @@ def test_detector_checkpoint_round_trip_and_missing_file(tmp_path, caplog):
     torch.save({"model": trained.state_dict(), "iteration": 7}, path)
     fresh = _model("MODEL.ROI_HEADS.NUM_CLASSES", "3", norm="GN", seed=2)
     with caplog.at_level(logging.WARNING):
-        assert load_mask_rcnn_weights(fresh, str(path)) is None
+        report = _load(fresh, path, "MODEL.ROI_HEADS.NUM_CLASSES", "3", norm="GN")
     own = trained.state_dict()
     for k, v in fresh.state_dict().items():
         if "predictor" not in k:
             assert torch.equal(v, own[k]), k
-    assert "skipping roi_heads.box_predictor.cls_score.weight" in caplog.text  # other NUM_CLASSES
+    # other NUM_CLASSES: the 6 predictor tensors are skipped, counted once, and nothing else is off
+    mismatched = sorted(k for k, _, _ in report.shape_mismatched)
+    per_class = ("cls_score", "bbox_pred", "mask_fcn_logits")
+    assert mismatched == sorted(k for k in own if k.startswith("roi_heads.") and any(p in k for p in per_class))
+    assert len(mismatched) == 6
+    assert not report.missing and not report.unexpected
+    assert len(report.loaded) == len(own) - 6
+    assert "6 tensors skipped for their shape" in caplog.text
+    assert "roi_heads.box_predictor.cls_score.weight: file (6, 64) vs model (4, 64)" in caplog.text
     with pytest.raises(FileNotFoundError, match="no_such.pth"):
-        load_mask_rcnn_weights(fresh, str(tmp_path / "no_such.pth"))
+        _load(fresh, tmp_path / "no_such.pth", norm="GN")
+
+
+def test_checkpoint_that_misses_the_backbone_is_refused_unless_allowed(tmp_path):
+    trained = _model(norm="GN", seed=1)
+    heads_only = {k: v for k, v in trained.state_dict().items() if not k.startswith("backbone.")}
+    path = tmp_path / "heads.pth"
+    torch.save({"model": heads_only}, path)
+    with pytest.raises(CheckpointError, match=r"no tensor to the model's backbone .*WEIGHTS_ALLOW_EMPTY_PARTS"):
+        _load(_model(norm="GN"), path, norm="GN")
+    fresh = _model(norm="GN", seed=3)
+    report = _load(fresh, path, "MODEL.WEIGHTS_ALLOW_EMPTY_PARTS", "['backbone']", norm="GN")
+    assert len(report.loaded) == len(heads_only)
+    torch.testing.assert_close(fresh.rpn.head.cls_logits.weight, trained.rpn.head.cls_logits.weight)
+    assert not torch.equal(fresh.backbone.body.conv1.weight, trained.backbone.body.conv1.weight)  # left at init

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gn_det.cli.visualize import draw_predictions, main
+from gn_det.cli.visualize import main
+from gn_det.utils.visualizer import draw_predictions
 from gn_det.data.synthetic_coco import generate_synthetic_coco
 
 # pycocotools' own mask decoding warns under numpy 2; not ours to fix.

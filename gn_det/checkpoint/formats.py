@@ -49,7 +49,8 @@ from .. import __version__
 from .io import CheckpointError, atomic_save, atomic_write_pickle, load_pickle, safe_torch_load
 from .names import caffe2_norm_kind, convert_name, format_name, parse_name
 
-__all__ = ["FORMATS", "OUTPUT_FORMATS", "Checkpoint", "detect_format", "read_checkpoint",
+__all__ = ["FORMATS", "OUTPUT_FORMATS", "Checkpoint", "detect_format", "read_checkpoint", "load_raw",
+           "parse_checkpoint",
            "write_checkpoint", "check_output_format", "make_meta", "FOLDED_BN_EPS"]
 
 FORMATS = ("torchvision", "gn_det", "detectron2", "caffe2")
@@ -88,7 +89,14 @@ def make_meta(source_format: str, norm: str, *, ws: bool = False, stride_in_1x1:
     return meta
 
 
-def _load_raw(path: Path, source_format: str) -> Any:
+def load_raw(path: str | os.PathLike, source_format: str = "auto") -> Any:
+    """Read a checkpoint file safely, without interpreting it: ``.pkl``/``.pickle`` (and Caffe2)
+    through the restricted unpickler, anything else with ``torch.load(weights_only=True)``.
+
+    Raises:
+        CheckpointError: missing, empty, corrupt or unsafe file (nothing in it is executed).
+    """
+    path = Path(path)
     if source_format in ("detectron2", "caffe2"):
         use_pickle = path.suffix.lower() in _PICKLE_SUFFIXES or source_format == "caffe2"
     elif source_format in ("torchvision", "gn_det"):
@@ -284,10 +292,22 @@ def read_checkpoint(path: str | os.PathLike, source_format: str = "auto", *,
     Raises:
         CheckpointError: unreadable, unsafe or unrecognized file (the message names it).
     """
-    p = Path(path)
     if source_format != "auto" and source_format not in FORMATS:
         raise CheckpointError(f"unknown source format {source_format!r}; choose auto or one of {FORMATS}")
-    raw = _load_raw(p, source_format)
+    return parse_checkpoint(load_raw(path, source_format), path, source_format, stride_in_1x1=stride_in_1x1)
+
+
+def parse_checkpoint(raw: Any, path: str | os.PathLike | None = None, source_format: str = "auto", *,
+                     stride_in_1x1: bool | None = None) -> Checkpoint:
+    """Interpret an already-read checkpoint object (see :func:`load_raw`) as ResNet weights in
+    torchvision names; :func:`read_checkpoint` without reading the file again.
+
+    Raises:
+        CheckpointError: the content is none of :data:`FORMATS`, or holds no ResNet parameter.
+    """
+    p = Path(path) if path is not None else Path("<checkpoint>")
+    if source_format != "auto" and source_format not in FORMATS:
+        raise CheckpointError(f"unknown source format {source_format!r}; choose auto or one of {FORMATS}")
     detected = detect_format(raw, str(p))
     fmt = detected if source_format == "auto" else source_format
     if fmt != detected:

@@ -10,21 +10,21 @@ Checkpoints come from the internet, so they are treated as untrusted:
   refused before it is called.
 
 Every failure is raised as :class:`CheckpointError` naming the file and saying what to do, never as
-a deep unpickling traceback. Writes go to a temporary file in the target directory and are moved in
-place with ``os.replace``, so a crash never leaves a half-written checkpoint behind.
+a deep unpickling traceback. Atomic writes (:mod:`gn_det.utils.io`) are re-exported here.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
+# Re-exported for callers that save checkpoints; the writers live on the ground floor (utils).
+from ..utils.io import atomic_save, atomic_write_file, atomic_write_pickle, atomic_write_text
 
 __all__ = ["CheckpointError", "safe_torch_load", "RestrictedUnpickler", "load_pickle", "atomic_save",
            "atomic_write_pickle", "atomic_write_text", "atomic_write_file"]
@@ -149,36 +149,3 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
             UnicodeDecodeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{p} is truncated or corrupt ({first}); re-download it") from None
-
-
-def atomic_write_file(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Call ``write(f)`` on a temp file next to ``path``, fsync it, then ``os.replace`` it in place."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` atomically (temp file in the same directory + ``os.replace``)."""
-    return atomic_write_file(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_pickle(obj: Any, path: str | os.PathLike, protocol: int = 4) -> Path:
-    """Pickle ``obj`` to ``path`` atomically; protocol 4 keeps files readable by older Pythons."""
-    return atomic_write_file(path, lambda f: pickle.dump(obj, f, protocol=protocol))
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    """Write UTF-8 text to ``path`` atomically."""
-    return atomic_write_file(path, lambda f: f.write(text.encode("utf-8")))

@@ -15,17 +15,23 @@ Source keys that map to nothing in the model are listed in the :class:`LoadRepor
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
+from ..layers.norm import parse_norm
 from ..layers.ws_conv import WSConv2d, WSConv3d
 from .formats import Checkpoint, read_checkpoint
 from .io import CheckpointError
+from .model_loading import WeightsForModel
+from .names import parse_name
 
-__all__ = ["LoadReport", "load_into_model"]
+__all__ = ["LoadReport", "load_into_model", "check_resnet_compatible", "resnet_weights_for"]
+
+logger = logging.getLogger(__name__)
 
 _LIST_LIMIT = 10
 
@@ -109,6 +115,20 @@ def _has_ws_conv(model: nn.Module) -> bool:
     return any(isinstance(m, (WSConv2d, WSConv3d)) for m in model.modules())
 
 
+def check_resnet_compatible(ckpt: Checkpoint, target: nn.Module, *, stride_in_1x1: bool) -> None:
+    """Refuse ResNet weights that would load into ``target`` but compute something else.
+
+    Raises:
+        CheckpointError: the stride placement (1x1 vs 3x3) differs from ``stride_in_1x1`` or from
+            ``target``'s real strides, or WS weights go into a model without WS convs.
+    """
+    where = f"checkpoint {ckpt.path}" if ckpt.path else "the checkpoint"
+    _check_stride(target, ckpt.meta, stride_in_1x1, where)
+    if ckpt.meta.get("ws") and not _has_ws_conv(target):
+        raise CheckpointError(f"{where} holds Weight-Standardized conv weights but the model has no WS "
+                              f"convs; build it with a '+WS' norm, or fold WS before exporting")
+
+
 def load_into_model(model: nn.Module, ckpt: Checkpoint | str | os.PathLike, *, stride_in_1x1: bool,
                     allow_missing: bool = False, prefix: str = "") -> LoadReport:
     """Copy checkpoint tensors into ``model`` (in place), refusing anything that would be wrong.
@@ -134,10 +154,7 @@ def load_into_model(model: nn.Module, ckpt: Checkpoint | str | os.PathLike, *, s
     if prefix and not prefix.endswith("."):
         prefix += "."
     target_module = model.get_submodule(prefix[:-1]) if prefix else model
-    _check_stride(target_module, ckpt.meta, stride_in_1x1, where)
-    if ckpt.meta.get("ws") and not _has_ws_conv(target_module):
-        raise CheckpointError(f"{where} holds Weight-Standardized conv weights but the model has no WS "
-                              f"convs; build it with a '+WS' norm, or fold WS before exporting")
+    check_resnet_compatible(ckpt, target_module, stride_in_1x1=stride_in_1x1)
 
     target = {k[len(prefix):]: v for k, v in model.state_dict(keep_vars=False).items()
               if k.startswith(prefix)}
@@ -166,3 +183,50 @@ def load_into_model(model: nn.Module, ckpt: Checkpoint | str | os.PathLike, *, s
                 report.loaded.append(prefix + key)
     report.unused = sorted([k for k in ckpt.state_dict if k not in target] + list(ckpt.unmapped))
     return report
+
+
+_NORM_FAMILY = {"BN": "BN", "FrozenBN": "BN", "SyncBN": "BN"}
+
+
+def resnet_weights_for(ckpt: Checkpoint, body: nn.Module, prefix: str, *, stride_in_1x1: bool,
+                       body_norm: str) -> WeightsForModel:
+    """ResNet weights (torchvision names) for the ResNet ``body`` found at ``prefix`` in a model:
+    the transform every task's MODEL.WEIGHTS path uses for a backbone checkpoint.
+
+    Refuses (before anything is loaded) a stride placement or WS mismatch
+    (:func:`check_resnet_compatible`) and a checkpoint with ResNet blocks the body does not have
+    (a deeper ResNet); the body must then be filled completely (``complete=(prefix,)``), so a
+    shallower checkpoint is refused by the loading policy. The classifier (``fc``) and
+    ``num_batches_tracked`` entries the body lacks are reported as unexpected. A BN checkpoint
+    going into a GN body (legal, but it needs fine-tuning) is logged as a warning.
+
+    Args:
+        ckpt: from :func:`~gn_det.checkpoint.formats.parse_checkpoint`.
+        body: the model's ResNet (torchvision key names).
+        prefix: the body's state-dict prefix in the model, e.g. ``"backbone.body."``.
+        stride_in_1x1: the model's placement (MODEL.RESNETS.STRIDE_IN_1X1).
+        body_norm: the body's norm (MODEL.RESNETS.NORM).
+    """
+    check_resnet_compatible(ckpt, body, stride_in_1x1=stride_in_1x1)
+    where = ckpt.path or "the checkpoint"
+    own = set(body.state_dict())
+    extra = sorted(k for k in ckpt.state_dict if k not in own and _is_block_param(k))
+    if extra:
+        raise CheckpointError(f"{where} holds ResNet layers this model does not have ({_listing(extra)}): it is "
+                              f"a deeper or wider ResNet; set MODEL.RESNETS.DEPTH (and NUM_GROUPS) to match it")
+    source_norm, model_norm = ckpt.meta.get("norm"), parse_norm(body_norm).name
+    if source_norm and _NORM_FAMILY.get(parse_norm(source_norm).name, source_norm) != _NORM_FAMILY.get(
+            model_norm, model_norm):
+        logger.warning("%s holds %s weights but the backbone uses %s: the norm layers' parameters load, but "
+                       "the model needs fine-tuning before it is accurate", where, source_norm, model_norm or "no norm")
+    state = {prefix + k: v for k, v in ckpt.state_dict.items() if k in own}
+    unused = sorted([k for k in ckpt.state_dict if k not in own] + list(ckpt.unmapped))
+    note = (f"ResNet checkpoint ({ckpt.meta.get('source_format')}, norm {source_norm}, "
+            f"stride_in_1x1={ckpt.meta.get('stride_in_1x1')}) into {prefix}*")
+    return WeightsForModel(state, complete=(prefix,), unused=unused, notes=[note])
+
+
+def _is_block_param(key: str) -> bool:
+    """A learned ResNet parameter of the stem or a block (not the classifier, not bookkeeping)."""
+    p = parse_name(key, "torchvision")
+    return p is not None and p.part != "head" and p.param != "num_batches_tracked"

@@ -8,20 +8,23 @@ detectron2's command line::
 ``--num-gpus N`` starts N local processes (one per GPU; on a machine without CUDA, N CPU
 processes joined with gloo). Under ``torchrun`` the process count comes from torchrun instead.
 ``--eval-only`` evaluates MODEL.WEIGHTS (or, with ``--resume``, the last checkpoint in
-OUTPUT_DIR) on DATASETS.TEST. Mistakes in the command line or config (missing file, unknown key,
+OUTPUT_DIR) on DATASETS.TEST and writes ``OUTPUT_DIR/eval_results.json``. Mistakes in the command line or config (missing file, unknown key,
 bad value, batch not divisible) print one ``error:`` line and exit with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from typing import Sequence
 
 import torch
 import torch.multiprocessing as mp
 
+from .. import tasks  # noqa: F401  (registers the built-in tasks and the installed plugins' tasks)
 from ..checkpoint.io import CheckpointError
 from ..config import ConfigError, load_config
 from ..engine.launch import launch, torchrun_env
@@ -63,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def setup_cfg(args: argparse.Namespace):
     """Load and check the config the command line describes (raises ConfigError)."""
-    cfg = load_config(args.config_file or None, args.opts)
+    cfg = load_config(args.config_file or None, args.opts)  # reads TASK first, then the task's keys
     env = torchrun_env()
     world = env["WORLD_SIZE"] if env else args.num_gpus * args.num_machines
     try:
@@ -93,13 +96,14 @@ def _worker(args: argparse.Namespace) -> None:
             checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
             path = checkpointer.get_checkpoint_file() if args.resume else None
             if path:
-                checkpointer.load(path)
+                checkpointer.load(path)  # strict, as --resume of training
             elif cfg.MODEL.WEIGHTS:
-                load_model_weights(model, cfg.MODEL.WEIGHTS, task)
+                load_model_weights(cfg, model, cfg.MODEL.WEIGHTS, task)
             else:
                 raise ConfigError("--eval-only needs weights: set MODEL.WEIGHTS path/to/model.pth, or pass "
                                   f"--resume with a checkpoint in OUTPUT_DIR ({cfg.OUTPUT_DIR})")
-            Trainer.test(cfg, model, task)
+            results = Trainer.test(cfg, model, task)
+            _write_eval_results(cfg.OUTPUT_DIR, results)
             return
         trainer = Trainer(cfg, task)
         trainer.resume_or_load(resume=args.resume)
@@ -111,6 +115,17 @@ def _worker(args: argparse.Namespace) -> None:
         logging.getLogger("gn_det").error("%s", e)
         print(f"gn-det-train: error: {e}", file=sys.stderr)
         raise SystemExit(TRAINING_FAILED) from None
+
+
+def _write_eval_results(output_dir: str, results: dict) -> None:
+    """``OUTPUT_DIR/eval_results.json``: ``{dataset: {kind: {metric: value}}}`` of an --eval-only run."""
+    from ..utils import comm
+    from ..utils.io import atomic_write_text
+
+    if comm.is_main_process():
+        path = os.path.join(output_dir, "eval_results.json")
+        atomic_write_text(json.dumps(results, indent=2) + "\n", path)
+        logging.getLogger("gn_det").info("Evaluation results written to %s", path)
 
 
 def _check_launch_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -1,33 +1,92 @@
 """Config: fvcore CfgNode with detectron2's key names (see defaults.py).
 
-:func:`get_cfg` gives a fresh copy of the defaults; :func:`load_config` merges a YAML file
-(which may inherit from others through ``_BASE_``) and ``KEY VALUE`` overrides on top, and
-checks every key and value type on the way, so a typo is an error that names the key and
-suggests the closest existing ones instead of being silently ignored.
+:func:`get_cfg` gives a fresh copy of the defaults of one task: the shared tree plus the keys
+the task declares (``add_config``, registered with :func:`register_task_config` when the task
+registers itself). :func:`load_config` reads ``TASK`` first (from the file, its ``_BASE_``
+chain and the overrides), builds that task's defaults, then merges the YAML file and the
+``KEY VALUE`` overrides on top, checking every key and value type on the way, so a typo is an
+error that names the key and suggests the closest existing ones instead of being silently
+ignored; a key of another task says which task it belongs to.
+
+Tasks not registered yet are found through the ``gn_det_tasks`` entry points of the installed
+packages (:mod:`gn_det.utils.plugins`); this package names no task.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 from fvcore.common.config import CfgNode
 from yacs.config import _check_and_coerce_cfg_value_type
 
+from ..utils.plugins import entry_point_names, load_entry_point
 from .defaults import _C
 
-__all__ = ["CfgNode", "ConfigError", "get_cfg", "load_config", "merge_overrides"]
+__all__ = ["CfgNode", "ConfigError", "get_cfg", "load_config", "merge_overrides", "peek_task",
+           "register_task_config", "SUPPORTED_VERSION"]
+
+SUPPORTED_VERSION = 2
+# task name -> function adding that task's keys (and defaults) to a config, in place
+_TASK_CONFIGS: dict[str, Callable[[CfgNode], None]] = {}
 
 
 class ConfigError(ValueError):
     """A user error in a config file or a command-line override (message says how to fix it)."""
 
 
-def get_cfg() -> CfgNode:
-    """A mutable copy of the default config (:mod:`gn_det.config.defaults`)."""
-    return _C.clone()
+def register_task_config(task: str, add_config: Callable[[CfgNode], None]) -> None:
+    """Declare the keys of ``task``: ``add_config(cfg)`` adds them to a config (in place).
+
+    Called by :func:`gn_det.engine.task.register_task` for task classes with ``add_config``.
+    """
+    _TASK_CONFIGS[task] = add_config
+
+
+def _task_config_hook(task: str) -> Callable[[CfgNode], None] | None:
+    """The ``add_config`` of ``task``: registered, installed (entry point) or ``module:Class``."""
+    if task in _TASK_CONFIGS:
+        return _TASK_CONFIGS[task]
+    if ":" in task:
+        import importlib
+
+        module, _, attr = task.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"TASK {task!r}: cannot import {attr!r} from module {module!r} ({e})") from None
+        if getattr(factory, "add_config", None) is not None:
+            _TASK_CONFIGS[task] = factory.add_config
+        return _TASK_CONFIGS.get(task)
+    load_entry_point(task)  # an installed task registers itself (and its keys) on import
+    return _TASK_CONFIGS.get(task)
+
+
+def get_cfg(task: str | None = None) -> CfgNode:
+    """A mutable copy of the defaults of ``task`` (default: the default TASK, "detection").
+
+    The shared keys (:mod:`gn_det.config.defaults`) plus the task's own keys. A task that
+    declares no keys gets the shared tree only.
+
+    Raises:
+        ConfigError: ``task`` is neither registered nor installed (the message lists the known ones).
+    """
+    cfg = _C.clone()
+    task = cfg.TASK if task is None else task
+    hook = _task_config_hook(task)
+    if hook is None and ":" not in task and task not in _known_tasks():
+        raise ConfigError(f"Unknown TASK {task!r}; known tasks: {_known_tasks()}, or "
+                          f"'package.module:TaskClass' for a task of your own")
+    cfg.TASK = task
+    if hook is not None:
+        hook(cfg)
+    return cfg
+
+
+def _known_tasks() -> list[str]:
+    return sorted(set(_TASK_CONFIGS) | set(entry_point_names()))
 
 
 def load_config(config_file: str | None = None, opts: Sequence[str] | None = None, *,
@@ -46,15 +105,40 @@ def load_config(config_file: str | None = None, opts: Sequence[str] | None = Non
         ConfigError: missing or unreadable file, invalid YAML, unknown key (the message names it
             and suggests the closest existing keys), or a value of the wrong type.
     """
-    cfg = (base if base is not None else _C).clone()
+    if base is not None:
+        cfg = base.clone()
+    else:
+        cfg = get_cfg(peek_task(config_file, opts))
     cfg.defrost()
     if config_file:
         _merge_file(cfg, config_file)
     if opts:
         merge_overrides(cfg, opts)
+    if cfg.VERSION != SUPPORTED_VERSION:
+        raise ConfigError(f"VERSION {cfg.VERSION}: only detectron2's config VERSION {SUPPORTED_VERSION} "
+                          f"(its current key names) is understood; upgrade the file with detectron2's "
+                          f"tools or rename its keys, then set VERSION: {SUPPORTED_VERSION}")
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def peek_task(config_file: str | None = None, opts: Sequence[str] | None = None) -> str:
+    """The TASK a config file (with its ``_BASE_`` chain) and overrides select, before any merge.
+
+    The task's keys must exist before the file is merged, so TASK is read first: the last
+    ``TASK`` override wins, then the file, then the default ("detection").
+    """
+    task = _C.TASK
+    if config_file:
+        loaded = _load_yaml(config_file)
+        if isinstance(loaded, dict) and "TASK" in loaded:
+            task = str(loaded["TASK"])
+    opts = list(opts or [])
+    for key, value in zip(opts[0::2], opts[1::2]):
+        if key == "TASK":
+            task = str(CfgNode._decode_cfg_value(value))
+    return task
 
 
 def merge_overrides(cfg: CfgNode, opts: Sequence[str]) -> None:
@@ -77,7 +161,8 @@ def _merge_value(cfg: CfgNode, full_key: str, value: Any, source: str) -> None:
         raise ConfigError(_type_message(cfg, full_key, value, e, source)) from None
 
 
-def _merge_file(cfg: CfgNode, config_file: str) -> None:
+def _load_yaml(config_file: str) -> Any:
+    """The merged YAML content of ``config_file`` and its ``_BASE_`` chain (keys unchecked)."""
     if not os.path.isfile(config_file):
         raise ConfigError(f"Config file not found: {config_file!r}. Pass an existing YAML file to "
                           f"--config-file (paths are relative to the current directory).")
@@ -90,6 +175,11 @@ def _merge_file(cfg: CfgNode, config_file: str) -> None:
         raise ConfigError(f"{config_file} (or one of its _BASE_ files) is not valid YAML: {e}") from None
     except AssertionError as e:  # fvcore: a key is a dict in one file and a value in another
         raise ConfigError(f"{config_file}: {e}") from None
+    return loaded
+
+
+def _merge_file(cfg: CfgNode, config_file: str) -> None:
+    loaded = _load_yaml(config_file)
     if loaded is None:
         return
     if not isinstance(loaded, dict):
@@ -159,9 +249,34 @@ def _check_key(cfg: CfgNode, parts: list[str], source: str) -> None:
             close += [c for c in candidates if c.split(".")[-1] == parts[-1] and c not in close]
             close = close[:5]
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            owners = _tasks_with_key(bad, exclude=cfg.TASK)
+            if owners:
+                hint = (f" It is a key of TASK {' and '.join(repr(t) for t in owners)}, but this config's "
+                        f"TASK is {cfg.TASK!r}.{hint}")
             raise ConfigError(f"Unknown config key {bad!r} (in {source}).{hint} "
-                              f"All keys are listed in gn_det/config/defaults.py.")
+                              f"The shared keys are listed in gn_det/config/defaults.py, each task's "
+                              f"in its add_config (gn_det/tasks/).")
         node = node[part]
+
+
+def _tasks_with_key(full_key: str, exclude: str) -> list[str]:
+    """The installed tasks (other than ``exclude``) whose config has ``full_key``."""
+    for name in entry_point_names():
+        _task_config_hook(name)
+    owners = []
+    for task, hook in sorted(_TASK_CONFIGS.items()):
+        if task == exclude:
+            continue
+        other = _C.clone()
+        hook(other)
+        node: Any = other
+        for part in full_key.split("."):
+            node = node.get(part) if isinstance(node, CfgNode) else None
+            if node is None:
+                break
+        else:
+            owners.append(task)
+    return owners
 
 
 def _type_message(cfg: CfgNode, key: str, value: Any, err: Exception, source: str) -> str:

@@ -1,7 +1,10 @@
-"""Default config: detectron2's key names, so its users' YAML files and overrides carry over.
+"""Default config shared by every task: detectron2's key names, so its users' YAML files and
+overrides carry over.
 
-Every key a config file or a ``KEY VALUE`` override may set must exist here; an unknown
-key is an error (see :func:`gn_det.config.get_cfg`).
+Each task adds its own keys (detection: FPN, RPN, RoI heads, COCO input sizes; classification:
+crop sizes; ...) through its ``add_config`` before a file is merged, so one task's keys do not
+crowd another's tree. Every key a config file or a ``KEY VALUE`` override may set must exist in
+the shared tree or the task's; an unknown key is an error (see :func:`gn_det.config.load_config`).
 
 Norm keys (MODEL.RESNETS.NORM, MODEL.FPN.NORM, MODEL.ROI_BOX_HEAD.NORM,
 MODEL.ROI_MASK_HEAD.NORM) take "FrozenBN", "BN", "SyncBN", "GN", "LN", "IN" or "" and
@@ -11,16 +14,21 @@ an optional "+WS" suffix for Weight-Standardized convs in that part ("GN+WS").
 from fvcore.common.config import CfgNode as CN
 
 _C = CN()
+# detectron2's config version; only 2 (its current key names) is understood.
 _C.VERSION = 2
-# Which task (model builder, data loaders, evaluator) the engine runs: "detection" or "video".
+# Which task (model builder, data loaders, evaluator) the engine runs: "detection",
+# "classification", a plugin's name, or "package.module:TaskClass". The task adds its own keys.
 _C.TASK = "detection"
 
 _C.MODEL = CN()
 _C.MODEL.DEVICE = "auto"  # "auto": cuda when available, else cpu
-_C.MODEL.META_ARCHITECTURE = "MaskRCNN"
-_C.MODEL.MASK_ON = True
+# The model family; each task sets its default and refuses names it cannot build.
+_C.MODEL.META_ARCHITECTURE = ""
 _C.MODEL.WEIGHTS = ""
-# Pixel mean/std in RGB order, 0-255 range (torchvision's ImageNet values).
+# MODEL.WEIGHTS must give at least one tensor to each part the task requires (the backbone,
+# say); list parts here to allow leaving them at their random init (the report still says so).
+_C.MODEL.WEIGHTS_ALLOW_EMPTY_PARTS = []
+# Pixel mean/std in INPUT.FORMAT order, 0-255 range (torchvision's ImageNet values, RGB).
 _C.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
 _C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
 
@@ -32,7 +40,6 @@ _C.MODEL.GROUP_NORM.EPS = 1e-5
 _C.MODEL.WS_MODE = "authors"  # "authors" | "paper" | "timm", see gn_det.layers.ws_conv
 
 _C.MODEL.BACKBONE = CN()
-_C.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
 _C.MODEL.BACKBONE.FREEZE_AT = 2  # 0: train all; 1: freeze stem; 2: stem + res2; ...
 
 _C.MODEL.RESNETS = CN()
@@ -44,70 +51,17 @@ _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
 _C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 _C.MODEL.RESNETS.ZERO_INIT_RESIDUAL = True  # last norm gamma of each block starts at 0
 
-_C.MODEL.FPN = CN()
-_C.MODEL.FPN.NORM = ""
-_C.MODEL.FPN.OUT_CHANNELS = 256
-
-_C.MODEL.ANCHOR_GENERATOR = CN()
-_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
-_C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
-
-_C.MODEL.RPN = CN()
-_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000
-_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
-_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000
-_C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
-_C.MODEL.RPN.NMS_THRESH = 0.7
-_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
-_C.MODEL.RPN.POSITIVE_FRACTION = 0.5
-_C.MODEL.RPN.CONV_DIMS = [-1]
-
-_C.MODEL.ROI_HEADS = CN()
-_C.MODEL.ROI_HEADS.NUM_CLASSES = 80
-_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
-_C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
-_C.MODEL.ROI_HEADS.IOU_THRESHOLD = 0.5
-_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
-_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
-
-_C.MODEL.ROI_BOX_HEAD = CN()
-_C.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-_C.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
-_C.MODEL.ROI_BOX_HEAD.CONV_DIM = 256
-_C.MODEL.ROI_BOX_HEAD.NUM_FC = 2
-_C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
-_C.MODEL.ROI_BOX_HEAD.NORM = ""
-_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
-_C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
-
-_C.MODEL.ROI_MASK_HEAD = CN()
-_C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
-_C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
-_C.MODEL.ROI_MASK_HEAD.NORM = ""
-_C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
-_C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 0
-
 _C.INPUT = CN()
-_C.INPUT.MIN_SIZE_TRAIN = (800,)
-_C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
-_C.INPUT.MAX_SIZE_TRAIN = 1333
-_C.INPUT.MIN_SIZE_TEST = 800
-_C.INPUT.MAX_SIZE_TEST = 1333
-_C.INPUT.RANDOM_FLIP = "horizontal"  # "horizontal" | "none"
+# Channel order the model sees, as detectron2's INPUT.FORMAT: "RGB" or "BGR". MODEL.PIXEL_MEAN/STD
+# are given in this order (detectron2's MSRA/Caffe2 weights: "BGR" with std 1).
 _C.INPUT.FORMAT = "RGB"
 
 _C.DATASETS = CN()
 _C.DATASETS.TRAIN = ("coco_2017_train",)
 _C.DATASETS.TEST = ("coco_2017_val",)
-# Extra COCO-format sets: a list of [name, json_file, image_root].
-_C.DATASETS.REGISTER = []
-# Synthetic sets made on first use, by seed: a list of [name, num_images, image_size, seed].
-_C.DATASETS.SYNTHETIC = []
 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 2
-_C.DATALOADER.ASPECT_RATIO_GROUPING = True
-_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 # A missing/corrupt image or bad annotation: False -> clear error; True -> skip, count, report.
 _C.DATALOADER.SKIP_BAD_SAMPLES = False
 
@@ -139,7 +93,6 @@ _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 
 _C.TEST = CN()
 _C.TEST.EVAL_PERIOD = 0
-_C.TEST.DETECTIONS_PER_IMAGE = 100
 
 _C.OUTPUT_DIR = "./output"
 _C.SEED = -1  # < 0: a fresh seed per run, recorded in the log

@@ -44,23 +44,25 @@ def infer_resnet_arch(state_dict) -> str:
 
 
 def set_stride_in_1x1(model: nn.Module, stride_in_1x1: bool) -> int:
-    """Move each downsampling bottleneck's stride onto its 1x1 (True) or 3x3 (False) conv, in place.
+    """Move each downsampling bottleneck's spatial stride onto its 1x1 (True) or 3x3 (False) conv, in place.
 
     Works on any bottleneck with ``conv1`` (1x1), ``conv2`` (3x3) and ``conv3`` (gn_det's and
-    torchvision's). Basic blocks have no choice (their first conv is the 3x3) and are left alone.
+    torchvision's), 2D or 3D. Only the spatial (last two) stride entries move; in 3D each conv
+    keeps its own temporal stride, so a (1, 2, 2) stride stays (1, 2, 2) and is never turned into
+    (2, 2, 2). Basic blocks have no choice (their first conv is the 3x3) and are left alone.
     Returns the number of bottlenecks whose stride is now placed as asked.
     """
     moved = 0
     for block in model.modules():
         if not all(isinstance(getattr(block, n, None), nn.modules.conv._ConvNd) for n in ("conv1", "conv2", "conv3")):
             continue
-        stride = max(block.conv1.stride[-1], block.conv2.stride[-1])
+        s1, s2 = tuple(block.conv1.stride), tuple(block.conv2.stride)
+        stride = max(s1[-1], s2[-1])  # ResNet strides are square: the last entry is the spatial stride
         if stride == 1:
             continue
-        spatial = (stride,) * len(block.conv1.stride)
-        ones = (1,) * len(block.conv1.stride)
-        block.conv1.stride = spatial if stride_in_1x1 else ones
-        block.conv2.stride = ones if stride_in_1x1 else spatial
+        spatial, ones = (stride, stride), (1, 1)
+        block.conv1.stride = s1[:-2] + (spatial if stride_in_1x1 else ones)
+        block.conv2.stride = s2[:-2] + (ones if stride_in_1x1 else spatial)
         moved += 1
     return moved
 

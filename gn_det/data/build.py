@@ -15,28 +15,19 @@ Training batches hold no crowd instance; test batches hold every non-crowd insta
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import logging
-from typing import Iterable, Iterator
 
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 # get_dataset_metadata is re-exported: the evaluator and the model builder look datasets up here.
 from gn_det.data.catalog import get_dataset_files, get_dataset_metadata, register_datasets_from_config
-from gn_det.data.coco_dataset import CocoDetectionDataset, SkippedSample
-from gn_det.data.samplers import GroupedBatchSampler, InferenceSampler, PlainBatchSampler, TrainingSampler
+from gn_det.data.coco_dataset import CocoDetectionDataset
+from gn_det.data.common import ConcatDatasets, SkipBadSamples, build_test_loader, build_train_loader
 from gn_det.data.transforms import build_detection_transform
 
 __all__ = ["build_detection_train_loader", "build_detection_test_loader", "get_dataset_metadata",
            "build_detection_dataset"]
 
 logger = logging.getLogger(__name__)
-
-
-def _list_collate(batch: list) -> list:
-    return batch
 
 
 def build_detection_dataset(cfg, dataset_name: str, is_train: bool) -> CocoDetectionDataset:
@@ -54,61 +45,7 @@ def build_detection_dataset(cfg, dataset_name: str, is_train: bool) -> CocoDetec
     )
 
 
-class _ConcatDatasets(Dataset):
-    """Datasets end to end; unlike torch's ConcatDataset it passes (index, seed) keys on."""
-
-    def __init__(self, datasets: list[CocoDetectionDataset]):
-        self.datasets = datasets
-        self.ends = list(itertools.accumulate(len(d) for d in datasets))
-
-    def __len__(self) -> int:
-        return self.ends[-1]
-
-    def __getitem__(self, key):
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        which = bisect.bisect_right(self.ends, index)
-        local = index - (self.ends[which - 1] if which else 0)
-        return self.datasets[which][(local, seed) if seed is not None else local]
-
-
-class _SkipBadSamples:
-    """Iterates a DataLoader, drops :class:`SkippedSample` markers (counted and logged) and
-    the batches they leave empty. ``num_skipped`` counts the samples dropped so far."""
-
-    def __init__(self, loader: DataLoader):
-        self.loader = loader
-        self.num_skipped = 0
-
-    def __iter__(self) -> Iterator[list[dict]]:
-        for batch in self.loader:
-            kept = []
-            for s in batch:
-                if isinstance(s, SkippedSample):
-                    self.num_skipped += 1
-                    logger.warning("skipped bad sample (%d so far): %s", self.num_skipped, s.reason)
-                else:
-                    kept.append(s)
-            if kept:
-                yield kept
-
-    def __len__(self) -> int:  # test loaders only (the train sampler is endless)
-        return len(self.loader)
-
-
-class _SkipFirst:
-    """A batch sampler without its first ``n`` batches (resuming at a known position)."""
-
-    def __init__(self, batch_sampler, n: int):
-        self.batch_sampler, self.n = batch_sampler, n
-
-    def __iter__(self):
-        it = iter(self.batch_sampler)
-        for _ in range(self.n):
-            next(it)
-        return it
-
-
-def build_detection_train_loader(cfg, micro_batch_size: int, *, skip_batches: int = 0) -> Iterable[list[dict]]:
+def build_detection_train_loader(cfg, micro_batch_size: int, *, skip_batches: int = 0) -> SkipBadSamples:
     """Endless loader of this rank's training micro-batches (lists of ``micro_batch_size`` dicts).
 
     Reads ``cfg.DATASETS.TRAIN`` (concatenated; all must share one category set), shuffles
@@ -138,27 +75,14 @@ def build_detection_train_loader(cfg, micro_batch_size: int, *, skip_batches: in
     for n, d in zip(names, datasets):
         if len(d) == 0:
             raise ValueError(f"training dataset {n!r} has no usable image ({d.stats.summary()})")
-    dataset = datasets[0] if len(datasets) == 1 else _ConcatDatasets(datasets)
+    dataset = datasets[0] if len(datasets) == 1 else ConcatDatasets(datasets)
     groups = [g for d in datasets for g in d.aspect_ratio_groups()]
-
-    sampler = TrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED if cfg.SEED >= 0 else None)
-    if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
-        batch_sampler = GroupedBatchSampler(sampler, groups, micro_batch_size)
-    else:
-        batch_sampler = PlainBatchSampler(sampler, micro_batch_size)
-    if skip_batches:
-        batch_sampler = _SkipFirst(batch_sampler, skip_batches)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=batch_sampler,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        collate_fn=_list_collate,
-        generator=_loader_generator(cfg),
-    )
-    return _SkipBadSamples(loader)
+    return build_train_loader(dataset, micro_batch_size, seed=cfg.SEED, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                              group_ids=groups if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None,
+                              skip_batches=skip_batches)
 
 
-def build_detection_test_loader(cfg, dataset_name: str) -> Iterable[list[dict]]:
+def build_detection_test_loader(cfg, dataset_name: str) -> SkipBadSamples:
     """This rank's shard of ``dataset_name``, one image per batch, test transform.
 
     Every image is kept (also those without annotations), each on exactly one rank, in
@@ -166,22 +90,7 @@ def build_detection_test_loader(cfg, dataset_name: str) -> Iterable[list[dict]]:
     """
     dataset = build_detection_dataset(cfg, dataset_name, is_train=False)
     _check_num_classes(cfg, dataset_name, len(dataset.class_names))
-    loader = DataLoader(
-        dataset,
-        batch_size=1,
-        sampler=InferenceSampler(len(dataset)),
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        collate_fn=_list_collate,
-        generator=_loader_generator(cfg),
-    )
-    return _SkipBadSamples(loader)
-
-
-def _loader_generator(cfg) -> torch.Generator:
-    # DataLoader draws its workers' base seed when iteration starts; from its own generator rather
-    # than the global RNG, so starting the loader never shifts the training random stream (a
-    # resumed run restores that stream from its checkpoint and must continue it exactly).
-    return torch.Generator().manual_seed(max(int(cfg.SEED), 0))
+    return build_test_loader(dataset, seed=cfg.SEED, num_workers=cfg.DATALOADER.NUM_WORKERS)
 
 
 def _check_num_classes(cfg, name: str, num_classes: int) -> None:

@@ -30,10 +30,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
-from pycocotools import mask as mask_utils
+
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
+
+from gn_det.data.common import SkippedSample  # re-exported: detection code names it here
+from gn_det.utils.coco_mask import decode_segmentation  # re-exported
+from gn_det.utils.image_io import ImageReadError, read_image_pil
 
 __all__ = [
     "DatasetError",
@@ -55,14 +58,6 @@ class DatasetError(RuntimeError):
 
     A plain single-message exception, so the DataLoader can re-raise it in the main process.
     """
-
-
-@dataclass(frozen=True)
-class SkippedSample:
-    """Returned instead of a sample when ``skip_bad`` is on and the image could not be used."""
-
-    file_name: str
-    reason: str
 
 
 @dataclass
@@ -143,17 +138,6 @@ def _annotation_problem(ann: dict, image: dict, category_ids: set[int]) -> str |
     else:
         return f"segmentation of type {type(seg).__name__} is neither polygons nor RLE"
     return None
-
-
-def decode_segmentation(seg: list | dict, h: int, w: int) -> np.ndarray:
-    """Binary (H, W) uint8 mask from polygons, uncompressed RLE or compressed RLE."""
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    elif isinstance(seg["counts"], list):
-        rle = mask_utils.frPyObjects(seg, h, w)
-    else:
-        rle = seg
-    return mask_utils.decode(rle)
 
 
 class _PackedRecords:
@@ -361,19 +345,12 @@ class CocoDetectionDataset(Dataset):
     def _read_image(self, path: str, record: dict) -> torch.Tensor:
         """uint8 (3, H, W) RGB; DatasetError naming the file if missing, corrupt or mis-sized."""
         where = f"image id {record['image_id']} of {self.json_file}"
-        if not os.path.isfile(path):
-            raise DatasetError(
-                f"image file not found: {path} ({where}); check that the dataset's image_root "
-                f"({self.image_root}) holds the json's file_name entries, or {_SKIP_HINT}"
-            )
         try:
-            with Image.open(path) as im:
-                im.load()  # decode now: a truncated file fails here, not later
-                rgb = im.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DatasetError(
-                f"cannot decode image {path} ({where}): {e}; the file is corrupt or not an image"
-            ) from e
+            rgb = read_image_pil(path)
+        except ImageReadError as e:
+            hint = (f"check that the dataset's image_root ({self.image_root}) holds the json's file_name "
+                    f"entries, or {_SKIP_HINT}") if e.reason == "file not found" else _SKIP_HINT
+            raise DatasetError(f"{e} ({where}); {hint}") from None
         if (rgb.height, rgb.width) != (record["height"], record["width"]):
             raise DatasetError(
                 f"image {path} is {rgb.width}x{rgb.height} but the json ({where}) says "

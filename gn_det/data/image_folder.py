@@ -19,6 +19,8 @@ from PIL import Image
 from torchvision import transforms
 from tqdm import tqdm
 
+from gn_det.utils.image_io import ImageReadError, read_image_pil
+
 __all__ = ["IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageFolderError", "LoadedImages",
            "find_images", "build_eval_transform", "load_image_folder"]
 
@@ -86,11 +88,6 @@ def build_eval_transform(image_size: int = 224, resize_size: int | None = None
     ])
 
 
-def _read_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")  # forces the full decode, so truncated files fail here
-
-
 def load_image_folder(root: str | Path, num_images: int | None = None, *, image_size: int = 224,
                       resize_size: int | None = None, seed: int | None = None,
                       progress: bool = True) -> LoadedImages:
@@ -129,8 +126,8 @@ def load_image_folder(root: str | Path, num_images: int | None = None, *, image_
             if len(loaded) == wanted:
                 break
             try:
-                img = _read_rgb(paths[i])
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                img = read_image_pil(paths[i])
+            except ImageReadError as exc:
                 skipped.append((paths[i], exc))
                 continue
             images.append(transform(img))
@@ -139,7 +136,7 @@ def load_image_folder(root: str | Path, num_images: int | None = None, *, image_
                 labels.append(class_index[rel_parts[i][0]])
             bar.update(1)
     if skipped:
-        examples = ", ".join(f"{p} ({type(e).__name__})" for p, e in skipped[:3])
+        examples = ", ".join(f"{p} ({e.reason})" for p, e in skipped[:3])
         warnings.warn(f"Skipped {len(skipped)} unreadable image file(s) in {str(root)!r}, e.g. {examples}",
                       stacklevel=2)
     if not images:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gn_det.checkpoint.io import atomic_write_file
+from gn_det.utils.io import atomic_write_file
 
 __all__ = ["SYNTHETIC_CLASSES", "render_synthetic_image", "make_synthetic_classification",
            "write_image_folder"]

@@ -30,8 +30,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from gn_det.checkpoint.io import atomic_write_file, atomic_write_text
-from gn_det.data.coco_dataset import decode_segmentation
+from gn_det.utils.io import atomic_write_file, atomic_write_text
+from gn_det.utils.coco_mask import decode_segmentation
 
 __all__ = ["SHAPE_CLASSES", "GENERATOR_VERSION", "generate_synthetic_coco"]
 

@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint.io import CheckpointError, atomic_save, atomic_write_text, safe_torch_load
+from ..checkpoint.io import CheckpointError, safe_torch_load
+from ..checkpoint.model_loading import RESUME, WeightsForModel, apply_weights
 from ..utils import comm
+from ..utils.io import atomic_save, atomic_write_text
 
-__all__ = ["Checkpointer", "capture_rng_state", "restore_rng_state", "load_model_state"]
+__all__ = ["Checkpointer", "capture_rng_state", "restore_rng_state"]
 
 logger = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last_checkpoint"
@@ -56,29 +58,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         else:
             logger.warning("Checkpoint has CUDA RNG states for %d devices, %d visible: not restored",
                            len(state["cuda"]), torch.cuda.device_count())
-
-
-def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state_dict`` non-strictly, skipping shape mismatches, and log what did not match."""
-    own = model.state_dict()
-    mismatched = [k for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    for k in mismatched:
-        logger.warning("%s: skipping %s: shape %s in the file, %s in the model", source, k,
-                       tuple(state_dict[k].shape), tuple(own[k].shape))
-    result = model.load_state_dict({k: v for k, v in state_dict.items() if k not in mismatched},
-                                   strict=False)
-    if result.missing_keys:
-        logger.warning("%s: %d keys of the model were not in the file: %s", source,
-                       len(result.missing_keys), _short(result.missing_keys))
-    if result.unexpected_keys:
-        logger.warning("%s: %d keys in the file are not in the model: %s", source,
-                       len(result.unexpected_keys), _short(result.unexpected_keys))
-    logger.info("Loaded %d of %d model tensors from %s", len(own) - len(result.missing_keys)
-                - len(mismatched), len(own), source)
-
-
-def _short(keys: list[str], n: int = 10) -> str:
-    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
 class Checkpointer:
@@ -136,14 +115,22 @@ class Checkpointer:
         return self.get_checkpoint_file() is not None
 
     def load(self, path: str) -> dict[str, Any]:
-        """Restore model and checkpointables from a gn_det checkpoint; returns the remaining entries
+        """Restore model and checkpointables from a gn_det training checkpoint, strictly
+        (:data:`gn_det.checkpoint.model_loading.RESUME`); returns the remaining entries
         (``iteration``, ``rng_states``, extras). RNG states are *not* applied here: call
-        :func:`restore_rng_state` when training is about to continue."""
+        :func:`restore_rng_state` when training is about to continue.
+
+        Raises:
+            CheckpointError: not a training checkpoint, or one that does not fit the model exactly
+                (the message names the first keys and shapes); nothing is loaded then.
+        """
         data = safe_torch_load(path)
-        if not isinstance(data, dict) or "model" not in data:
-            raise CheckpointError(f"{path} is not a gn_det training checkpoint (no 'model' entry); "
-                                  f"to start from other weights, set MODEL.WEIGHTS instead of --resume")
-        load_model_state(self.model, data.pop("model"), path)
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict) or "iteration" not in data:
+            keys = list(data)[:5] if isinstance(data, dict) else type(data).__name__
+            raise CheckpointError(f"{path} is not a gn_det training checkpoint (no 'model' and 'iteration' "
+                                  f"entries; top level: {keys}); to start from other weights, set "
+                                  f"MODEL.WEIGHTS instead of --resume")
+        apply_weights(self.model, WeightsForModel(data.pop("model")), RESUME, path)
         for key, obj in self.checkpointables.items():
             if key not in data:
                 logger.warning("%s has no %r state; it starts fresh", path, key)

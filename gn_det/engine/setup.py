@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint.io import atomic_write_text
+from ..utils.io import atomic_write_text
 from ..utils import comm
 from ..utils.logger import setup_logger
 

@@ -29,12 +29,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint.io import CheckpointError, safe_torch_load
+from ..checkpoint.io import CheckpointError
+from ..checkpoint.model_loading import ModelLoadReport, init_policy, load_weights
 from ..config import ConfigError
 from ..utils import comm
 from ..utils.events import ConsoleWriter, EventStorage, JSONWriter, TensorboardWriter
 from . import hooks as hooks_mod
-from .checkpoint import Checkpointer, load_model_state, restore_rng_state
+from .checkpoint import Checkpointer, restore_rng_state
 from .evaluate import evaluate_task
 from .lr_scheduler import build_lr_scheduler
 from .optimizer import build_optimizer
@@ -76,22 +77,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model_weights(model: nn.Module, path: str, task: Task | None = None) -> None:
-    """Initialize ``model`` from ``path`` (MODEL.WEIGHTS) for a fresh run.
+def load_model_weights(cfg, model: nn.Module, path: str, task: Task) -> ModelLoadReport:
+    """Initialize ``model`` from ``path`` (MODEL.WEIGHTS) through the one loading path.
 
-    The task decides how when it has ``load_weights(model, path)`` (format conversion, key
-    renaming); otherwise ``path`` must be a gn_det checkpoint (its "model" entry) or a plain
-    state dict, loaded non-strictly with missing/unexpected keys reported.
+    The task's ``weights_transform`` (if any) maps the file into the model's names; the
+    policy is :func:`~gn_det.checkpoint.model_loading.init_policy` with the task's
+    ``weight_parts`` as required parts and MODEL.WEIGHTS_ALLOW_EMPTY_PARTS as exceptions. Used
+    by training, ``--eval-only`` and ``tools/visualize.py`` alike.
+
+    Raises:
+        ConfigError: MODEL.WEIGHTS_ALLOW_EMPTY_PARTS names a part the model does not have.
+        FileNotFoundError, CheckpointError: see :func:`~gn_det.checkpoint.model_loading.load_weights`.
     """
-    if task is not None and hasattr(task, "load_weights"):
-        task.load_weights(model, path)
-        return
-    data = safe_torch_load(path)
-    state = data["model"] if isinstance(data, dict) and "model" in data else data
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} holds no model state dict (expected a gn_det checkpoint or "
-                              f"a dict of tensors)")
-    load_model_state(model, state, path)
+    parts = task.weight_parts(cfg) if hasattr(task, "weight_parts") else {}
+    try:
+        policy = init_policy(parts, list(cfg.MODEL.WEIGHTS_ALLOW_EMPTY_PARTS))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    transform = None
+    if hasattr(task, "weights_transform"):
+        def transform(raw, source):
+            return task.weights_transform(cfg, model, raw, source)
+    return load_weights(model, path, policy, transform=transform)
 
 
 def _accepts_kwarg(fn, name: str) -> bool:
@@ -206,7 +213,7 @@ class Trainer:
                            "them and appends to its metrics.json", self.cfg.OUTPUT_DIR)
         self.start_iter = 0
         if self.cfg.MODEL.WEIGHTS:
-            load_model_weights(self.unwrapped_model, self.cfg.MODEL.WEIGHTS, self.task)
+            load_model_weights(self.cfg, self.unwrapped_model, self.cfg.MODEL.WEIGHTS, self.task)
 
     def save_checkpoint(self, name: str) -> str:
         """Save the full training state as ``{OUTPUT_DIR}/{name}.pth`` (call on every rank)."""

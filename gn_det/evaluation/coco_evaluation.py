@@ -27,7 +27,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from gn_det.checkpoint.io import atomic_write_text
+from gn_det.utils.io import atomic_write_text
 from gn_det.data.coco_dataset import contiguous_category_maps, load_coco_json
 from gn_det.utils import comm
 

@@ -11,15 +11,14 @@ The model keeps torchvision's ``MaskRCNN`` module tree and state-dict keys (``ba
   pixels: "boxes" (N, 4) xyxy float, "scores" (N,), "labels" (N,) in 1..K and, with masks,
   "masks" (N, H, W) uint8 in {0, 1}.
 
-MODEL.WEIGHTS (a converted ResNet checkpoint, or a whole detector) is loaded by the engine
-through the detection task with :func:`load_mask_rcnn_weights`, not by :func:`build_mask_rcnn`.
+MODEL.WEIGHTS (a converted ResNet checkpoint, or a whole detector) is loaded by the engine's one
+loading path, through the detection task's :func:`mask_rcnn_weights_transform`, not by
+:func:`build_mask_rcnn`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -32,34 +31,52 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-from gn_det.checkpoint import LoadReport, load_into_model, read_checkpoint, safe_torch_load
-from gn_det.engine.checkpoint import load_model_state
-from gn_det.layers.norm import parse_norm
+from gn_det.checkpoint.formats import parse_checkpoint
+from gn_det.checkpoint.loading import resnet_weights_for
+from gn_det.checkpoint.model_loading import WeightsForModel
+from gn_det.config import ConfigError
 from gn_det.modeling.backbone.fpn import build_resnet_fpn_backbone, fpn_feature_names
 from gn_det.modeling.roi_heads import build_box_head, build_mask_head, build_roi_pooler
 
-__all__ = ["GNMaskRCNN", "NormalizeAndBatch", "build_mask_rcnn", "load_mask_rcnn_weights", "to_original_size"]
+__all__ = ["GNMaskRCNN", "NormalizeAndBatch", "build_mask_rcnn", "mask_rcnn_weights_transform", "to_original_size"]
 
 logger = logging.getLogger(__name__)
 _MASK_THRESHOLD = 0.5
 
 
-class NormalizeAndBatch(GeneralizedRCNNTransform):
-    """torchvision's detection transform without the resize: normalize, then pad into a batch.
+INPUT_FORMATS = ("RGB", "BGR")
+META_ARCHITECTURES = ("GeneralizedRCNN", "MaskRCNN")  # detectron2's name, and this project's earlier one
 
-    Padding makes every side a multiple of ``size_divisible`` (32 for an FPN up to P5).
+
+class NormalizeAndBatch(GeneralizedRCNNTransform):
+    """torchvision's detection transform without the resize: channel order, normalize, then pad
+    into a batch.
+
+    Images arrive RGB from the data loader; with ``input_format="BGR"`` (detectron2's MSRA/Caffe2
+    weights) the channels are reversed first, and ``image_mean``/``image_std`` are in that order,
+    exactly as detectron2's INPUT.FORMAT and MODEL.PIXEL_MEAN/STD. Padding makes every side a
+    multiple of ``size_divisible`` (32 for an FPN up to P5).
     """
 
-    def __init__(self, image_mean: Sequence[float], image_std: Sequence[float], size_divisible: int = 32):
+    def __init__(self, image_mean: Sequence[float], image_std: Sequence[float], size_divisible: int = 32,
+                 input_format: str = "RGB"):
+        if input_format not in INPUT_FORMATS:
+            raise ValueError(f"INPUT.FORMAT must be one of {INPUT_FORMATS}, got {input_format!r}")
         super().__init__(min_size=1, max_size=1, image_mean=list(image_mean), image_std=list(image_std),
                          size_divisible=size_divisible)
+        self.input_format = input_format
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        if self.input_format == "BGR":
+            image = image.flip(0)
+        return super().normalize(image)
 
     def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None):
         return image, target
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(mean={self.image_mean}, std={self.image_std}, "
-                f"size_divisible={self.size_divisible})")
+        return (f"{type(self).__name__}(format={self.input_format}, mean={self.image_mean}, "
+                f"std={self.image_std}, size_divisible={self.size_divisible})")
 
 
 class GNMaskRCNN(MaskRCNN):
@@ -151,12 +168,20 @@ def build_mask_rcnn(cfg) -> GNMaskRCNN:
 
     Reads the backbone keys (see :func:`build_resnet_fpn_backbone`), MODEL.ANCHOR_GENERATOR,
     MODEL.RPN.*, MODEL.ROI_HEADS.* (NUM_CLASSES excludes the background, as in detectron2),
-    MODEL.ROI_BOX_HEAD.*, MODEL.ROI_MASK_HEAD.*, TEST.DETECTIONS_PER_IMAGE and
-    MODEL.PIXEL_MEAN/STD (RGB, 0-255).
+    MODEL.ROI_BOX_HEAD.*, MODEL.ROI_MASK_HEAD.*, TEST.DETECTIONS_PER_IMAGE, INPUT.FORMAT and
+    MODEL.PIXEL_MEAN/STD (in INPUT.FORMAT's channel order, 0-255). MODEL.META_ARCHITECTURE and
+    MODEL.BACKBONE.NAME must name what is built (detectron2's values are accepted).
 
-    MODEL.WEIGHTS is not loaded here: the engine loads it once, through the detection task,
-    with :func:`load_mask_rcnn_weights` (as the task contract in :mod:`gn_det.engine.task` says).
+    MODEL.WEIGHTS is not loaded here: the engine loads it once (see
+    :func:`mask_rcnn_weights_transform`), as the task contract in :mod:`gn_det.engine.task` says.
     """
+    if cfg.MODEL.META_ARCHITECTURE not in META_ARCHITECTURES:
+        raise ConfigError(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r}: the detection task builds "
+                         f"{' / '.join(META_ARCHITECTURES)} (Mask R-CNN, or Faster R-CNN with MODEL.MASK_ON "
+                         f"False) only")
+    if cfg.MODEL.BACKBONE.NAME != "build_resnet_fpn_backbone":
+        raise ConfigError(f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME!r}: only 'build_resnet_fpn_backbone' "
+                         f"(ResNet-FPN) is available")
     backbone = build_resnet_fpn_backbone(cfg)
     featmaps = fpn_feature_names(cfg)
     ch = backbone.out_channels
@@ -188,41 +213,32 @@ def build_mask_rcnn(cfg) -> GNMaskRCNN:
     )
     if not cfg.MODEL.MASK_ON:  # torchvision's RoIHeads runs no mask branch when these are None
         model.roi_heads.mask_roi_pool = model.roi_heads.mask_head = model.roi_heads.mask_predictor = None
-    model.transform = NormalizeAndBatch(cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
+    model.transform = NormalizeAndBatch(cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, input_format=cfg.INPUT.FORMAT)
     return model
 
 
-def load_mask_rcnn_weights(model: GNMaskRCNN, path: str | os.PathLike) -> LoadReport | None:
-    """Initialize ``model`` from MODEL.WEIGHTS: a ResNet checkpoint or a whole-detector checkpoint.
+def mask_rcnn_weights_transform(cfg, model: GNMaskRCNN, raw: Any, source: str) -> WeightsForModel:
+    """Map the content of a MODEL.WEIGHTS file into Mask R-CNN's names (the detection task's
+    ``weights_transform``; the file is read once, by :func:`gn_det.checkpoint.load_weights`).
 
-    - A ResNet checkpoint (any format the converter reads: torchvision, gn_det, detectron2,
-      Detectron/Caffe2) goes into ``backbone.body`` through
-      :func:`gn_det.checkpoint.load_into_model`, which refuses a stride placement different from
-      the model's (MODEL.RESNETS.STRIDE_IN_1X1), shape mismatches and missing backbone tensors.
-      Returns its :class:`~gn_det.checkpoint.LoadReport`, which is also logged.
-    - A detector checkpoint (a gn_det training checkpoint or a state dict whose keys start with
-      ``backbone.``/``rpn.``/``roi_heads.``, e.g. torchvision's ``maskrcnn_resnet50_fpn``) is
-      loaded non-strictly; tensors whose shape differs (another NUM_CLASSES) are skipped, and
-      skipped, missing and unexpected keys are logged as warnings. Returns None.
+    - A detector checkpoint (a gn_det training checkpoint, or a state dict whose keys start with
+      ``backbone.``/``rpn.``/``roi_heads.``, e.g. torchvision's ``maskrcnn_resnet50_fpn``) is taken
+      as it is; what does not fit (another NUM_CLASSES) is reported by the loading policy.
+    - Otherwise a ResNet checkpoint in any format the converter reads (torchvision, gn_det,
+      detectron2, Detectron/Caffe2) goes into ``backbone.body.``, which it must fill completely.
+      The stride placement is checked against MODEL.RESNETS.STRIDE_IN_1X1 and WS weights need a
+      "+WS" MODEL.RESNETS.NORM (facts from the config, not from the model object).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        gn_det.checkpoint.CheckpointError: unreadable, unsafe or incompatible checkpoint.
+        gn_det.checkpoint.CheckpointError: a content none of these, or weights that would load
+            silently wrong.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {str(path)!r}. Convert ImageNet weights with "
-                                f"gn-det-convert, or set MODEL.WEIGHTS '' to start from random init")
-    if p.suffix.lower() not in (".pkl", ".pickle"):
-        detector_state = _detector_state_dict(safe_torch_load(p))
-        if detector_state is not None:
-            load_model_state(model, detector_state, str(p))
-            return None
-    ckpt = read_checkpoint(p)
-    _warn_norm_mismatch(ckpt.meta.get("norm"), model.backbone.body_norm.name, str(p))
-    report = load_into_model(model, ckpt, stride_in_1x1=model.backbone.stride_in_1x1, prefix="backbone.body.")
-    logger.info("MODEL.WEIGHTS into backbone.body: %s", report.to_text())
-    return report
+    detector_state = _detector_state_dict(raw)
+    if detector_state is not None:
+        return WeightsForModel(detector_state, notes=["detector checkpoint: loaded by name"])
+    ckpt = parse_checkpoint(raw, source)
+    return resnet_weights_for(ckpt, model.backbone.body, "backbone.body.",
+                              stride_in_1x1=bool(cfg.MODEL.RESNETS.STRIDE_IN_1X1), body_norm=cfg.MODEL.RESNETS.NORM)
 
 
 _DETECTOR_PREFIXES = ("backbone.", "rpn.", "roi_heads.")
@@ -237,14 +253,3 @@ def _detector_state_dict(data: Any) -> dict[str, torch.Tensor] | None:
     if not any(isinstance(k, str) and k.startswith(_DETECTOR_PREFIXES) for k in state):
         return None
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def _warn_norm_mismatch(source_norm: str | None, model_norm: str, path: str) -> None:
-    """Warn when e.g. BN ImageNet weights go into a GN backbone (legal, but needs fine-tuning)."""
-    if not source_norm:
-        return
-    family = {"BN": "BN", "FrozenBN": "BN", "SyncBN": "BN"}
-    src, dst = parse_norm(source_norm).name, model_norm
-    if family.get(src, src) != family.get(dst, dst):
-        logger.warning("%s holds %s weights but the backbone uses %s: the norm layers' parameters load, "
-                       "but the model needs fine-tuning before it is accurate", path, src, dst or "no norm")

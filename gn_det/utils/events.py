@@ -124,7 +124,7 @@ class JSONWriter(_NewScalarsWriter):
 
 
 def _drop_lines_from(json_file: str, start_iter: int) -> None:
-    from ..checkpoint.io import atomic_write_text
+    from .io import atomic_write_text
 
     with open(json_file, encoding="utf-8") as f:
         lines = f.readlines()
