@@ -101,7 +101,11 @@ def time_config(path: str, iters: int, warmup: int, batch_size: int, objects: in
         cfg = load_config(path, ["OUTPUT_DIR", out, "SOLVER.MAX_ITER", str(warmup + iters),
                                  "SOLVER.IMS_PER_BATCH", str(batch_size), "SOLVER.ACCUM_STEPS", "1",
                                  "SOLVER.CHECKPOINT_PERIOD", str(10**9), "DATASETS.TEST", "()",
-                                 "LOG_PERIOD", str(10**9), "SEED", "0", "MODEL.DEVICE", device] + list(opts or []))
+                                 "LOG_PERIOD", str(10**9), "SEED", "0", "MODEL.DEVICE", device,
+                                 # lr 0: every op of the step runs, but the weights of a randomly
+                                 # initialized model (FrozenBN from scratch has no normalization)
+                                 # cannot blow up and stop the timing with a non-finite loss
+                                 "SOLVER.BASE_LR", "0.0"] + list(opts or []))
         batch = fake_batch(batch_size, int(cfg.INPUT.MIN_SIZE_TEST), objects, int(cfg.MODEL.ROI_HEADS.NUM_CLASSES))
         torch.manual_seed(0)
         trainer = Trainer(cfg, FixedBatchDetectionTask(batch))

@@ -321,3 +321,35 @@ def test_checkpoint_that_misses_the_backbone_is_refused_unless_allowed(tmp_path)
     assert len(report.loaded) == len(heads_only)
     torch.testing.assert_close(fresh.rpn.head.cls_logits.weight, trained.rpn.head.cls_logits.weight)
     assert not torch.equal(fresh.backbone.body.conv1.weight, trained.backbone.body.conv1.weight)  # left at init
+
+
+# ------------------------------------------------------------- INPUT.FORMAT, META_ARCHITECTURE
+
+
+def test_bgr_input_format_reverses_channels_before_normalizing():
+    rgb = _model("MODEL.PIXEL_MEAN", "[100.0, 110.0, 120.0]", "MODEL.PIXEL_STD", "[50.0, 60.0, 70.0]", norm="GN")
+    bgr = _model("INPUT.FORMAT", "BGR", "MODEL.PIXEL_MEAN", "[120.0, 110.0, 100.0]",
+                 "MODEL.PIXEL_STD", "[70.0, 60.0, 50.0]", norm="GN")
+    state = rgb.state_dict()
+    state["backbone.body.conv1.weight"] = state["backbone.body.conv1.weight"].flip(1)  # a BGR-trained stem
+    bgr.load_state_dict(state)
+    batch = _batch()
+    with torch.no_grad():
+        x_rgb = rgb.transform([d["image"] for d in batch])[0].tensors
+        x_bgr = bgr.transform([d["image"] for d in batch])[0].tensors
+        torch.testing.assert_close(x_bgr, x_rgb.flip(1))  # channels reversed, each with its own mean/std
+        f_rgb, f_bgr = rgb.eval().backbone(x_rgb), bgr.eval().backbone(x_bgr)
+    for k in f_rgb:
+        torch.testing.assert_close(f_bgr[k], f_rgb[k], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="INPUT.FORMAT must be one of"):
+        _model("INPUT.FORMAT", "YUV")
+
+
+def test_architecture_names_gn_det_cannot_build_are_refused():
+    from gn_det.config import ConfigError
+
+    assert isinstance(_model("MODEL.META_ARCHITECTURE", "GeneralizedRCNN"), GNMaskRCNN)  # detectron2's name
+    with pytest.raises(ConfigError, match="META_ARCHITECTURE 'RetinaNet'"):
+        _model("MODEL.META_ARCHITECTURE", "RetinaNet")
+    with pytest.raises(ConfigError, match="BACKBONE.NAME 'build_resnet_backbone'"):
+        _model("MODEL.BACKBONE.NAME", "build_resnet_backbone")

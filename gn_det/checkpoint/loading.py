@@ -227,6 +227,7 @@ def resnet_weights_for(ckpt: Checkpoint, body: nn.Module, prefix: str, *, stride
 
 
 def _is_block_param(key: str) -> bool:
-    """A learned ResNet parameter of the stem or a block (not the classifier, not bookkeeping)."""
+    """A learned conv/norm parameter of the stem or a block: not the classifier, and not BN's running
+    statistics (a BN checkpoint going into a GN body leaves those over, legitimately)."""
     p = parse_name(key, "torchvision")
-    return p is not None and p.part != "head" and p.param != "num_batches_tracked"
+    return p is not None and p.part != "head" and p.param in ("weight", "bias")

@@ -9,11 +9,14 @@ classifier). Prints a markdown table and writes JSON.
 Two modes, one code path after the model and image folder are chosen:
 
 * default: generate a synthetic 10-class image set (PNG files in ImageFolder layout), train a
-  small BN ResNet-18 on it for a few CPU minutes, then measure on held-out generated images::
+  small BN ResNet-18 on it for a few CPU minutes with the engine's ``Trainer`` (``TASK
+  classification``: the same training step, data code and checkpoints as ``gn-det-train``), then
+  measure on held-out generated images::
 
       python tools/fidelity.py --output output/fidelity.json
 
-* real weights: a torchvision classification state dict and an image folder, e.g.::
+* real weights: a BN classification checkpoint (a torchvision ``.pth``, or any ResNet format the
+  converter reads) loaded strictly into gn_det's ResNet, and an image folder, e.g.::
 
       python tools/fidelity.py --arch resnet50 --weights resnet50-0676ba61.pth \\
           --images /data/imagenet/val --output output/fidelity_r50.json
@@ -25,38 +28,42 @@ import argparse
 import copy
 import json
 import math
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-import torchvision
 from torch import nn
-from tqdm import tqdm
 
+from gn_det.checkpoint.formats import load_raw, parse_checkpoint
 from gn_det.checkpoint.io import CheckpointError, atomic_save, atomic_write_text, safe_torch_load
+from gn_det.checkpoint.loading import load_into_model
+from gn_det.config import CfgNode, load_config
 from gn_det.convert.calibrate import CalibrationError, calibrate
 from gn_det.convert.fidelity import compare_to_reference, extract_features
+from gn_det.data.classification import write_synthetic_image_folder
 from gn_det.data.image_folder import ImageFolderError, load_image_folder
+from gn_det.data.synthetic_classification import SYNTHETIC_CLASSES
+from gn_det.modeling.backbone.resnet import RESNET_SPECS, ResNet, build_resnet
 from gn_det.utils.table import format_table
-from gn_det.data.synthetic_classification import (SYNTHETIC_CLASSES, make_synthetic_classification,
-                                                  write_image_folder)
 
-__all__ = ["main", "build_parser", "train_classifier"]
+__all__ = ["main", "build_parser", "train_bn_classifier", "bn_training_config"]
 
 _SYNTHETIC_MARKER = ".gn_det_synthetic"
-_RECIPE_VERSION = 1  # bump when the generator or the training recipe changes: old trained models are stale
+_RECIPE_VERSION = 2  # bump when the generator or the training recipe changes: old trained models are stale
+_TRAIN_BATCH = 32  # images per SGD step when training the synthetic-mode BN model
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``tools/fidelity.py``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--arch", default="resnet18", help="torchvision classification model builder name")
+    p.add_argument("--arch", default="resnet18", help=f"ResNet depth as resnetN, N in {sorted(RESNET_SPECS)}")
     p.add_argument("--weights", default=None,
-                   help="torchvision state dict (.pth) of --arch; omit to train on synthetic images")
+                   help="BN classifier checkpoint of --arch (torchvision .pth, gn_det, detectron2 .pkl); omit to "
+                        "train on synthetic images")
     p.add_argument("--images", default=None,
                    help="image folder (any nesting; class sub-folders give accuracy) for calibration "
                         "and held-out evaluation; required with --weights")
@@ -71,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="output/fidelity.json", help="JSON result file")
     p.add_argument("--workdir", default="output/fidelity_work",
                    help="synthetic mode: where generated images and the trained BN model go")
-    p.add_argument("--train-per-class", type=int, default=200, help="synthetic training images per class")
-    p.add_argument("--epochs", type=int, default=10, help="synthetic mode training epochs")
+    p.add_argument("--train-per-class", type=int, default=400, help="synthetic training images per class")
+    p.add_argument("--epochs", type=int, default=12, help="synthetic mode training epochs")
     p.add_argument("--retrain", action="store_true",
                    help="synthetic mode: train again even if a matching trained model is in --workdir")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -83,52 +90,51 @@ def _resize_size(image_size: int) -> int:
     return round(image_size * 256 / 224)
 
 
-def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int,
-                     batch_size: int = 32, lr: float = 2e-3, seed: int = 0, progress: bool = True) -> float:
-    """Train ``model`` with AdamW (linear warm-up, cosine decay), random flips and small shifts;
-    returns the last epoch's training accuracy. Small on purpose: it only has to make a BN network
-    with real, data-driven statistics (AdamW learns this from scratch in far fewer CPU steps than SGD)."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    steps = epochs * math.ceil(len(images) / batch_size)
-    warmup = max(1, steps // 10)
-
-    def lr_factor(step: int) -> float:  # linear warm-up, then cosine to 0
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    model.train()
-    correct = 0
-    with tqdm(total=steps, desc="train BN model", disable=not progress) as bar:
-        for _ in range(epochs):
-            correct = 0
-            for idx in torch.randperm(len(images), generator=gen).split(batch_size):
-                x, y = _augment(images[idx], gen), labels[idx]
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                correct += int((out.argmax(1) == y).sum())
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                bar.update(1)
-    model.eval()
-    return correct / len(images)
+def _depth(arch: str) -> int:
+    match = re.fullmatch(r"resnet(\d+)", arch)
+    if not match or int(match.group(1)) not in RESNET_SPECS:
+        raise SystemExit(f"error: --arch {arch!r}: use resnetN with N in {sorted(RESNET_SPECS)} (gn_det's ResNet, "
+                         f"torchvision's key names)")
+    return int(match.group(1))
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip per image, and one random shift (up to 1/16 of the side) per batch."""
-    flip = torch.rand(len(x), generator=gen) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    r = max(1, x.shape[-1] // 16)
-    dy, dx = torch.randint(-r, r + 1, (2,), generator=gen).tolist()
-    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+def bn_training_config(train_dir: str | Path, output_dir: str | Path, *, depth: int, image_size: int,
+                       num_images: int, epochs: int, seed: int) -> CfgNode:
+    """The ``TASK classification`` config that trains the synthetic-mode BN ResNet: SGD with Nesterov
+    momentum, linear warm-up then cosine decay, mild random-resized crops (80-100% of the area: small
+    shifts and zooms; the objects fill about half the image) and flips of the images in ``train_dir``
+    (generated at the test resize size), ``epochs`` passes of ``_TRAIN_BATCH`` images per step, no
+    evaluation, one final checkpoint in ``output_dir``."""
+    iters = max(1, epochs * math.ceil(num_images / _TRAIN_BATCH))
+    opts = {
+        "TASK": "classification", "MODEL.RESNETS.DEPTH": depth, "MODEL.RESNETS.NORM": "BN",
+        "MODEL.CLASSIFIER.NUM_CLASSES": len(SYNTHETIC_CLASSES), "INPUT.CROP_SIZE": image_size,
+        "INPUT.RRC_SCALE": (0.8, 1.0), "INPUT.TEST_RESIZE": _resize_size(image_size),
+        "INPUT.TEST_CROP_SIZE": image_size, "DATASETS.REGISTER": [["fidelity_train", str(train_dir)]],
+        "DATASETS.TRAIN": ("fidelity_train",), "DATASETS.TEST": (), "DATALOADER.NUM_WORKERS": 0,
+        "SOLVER.IMS_PER_BATCH": _TRAIN_BATCH, "SOLVER.BASE_LR": 0.05, "SOLVER.NESTEROV": True,
+        "SOLVER.WEIGHT_DECAY": 5e-4, "SOLVER.LR_SCHEDULER_NAME": "WarmupCosineLR", "SOLVER.MAX_ITER": iters,
+        "SOLVER.WARMUP_ITERS": max(1, iters // 10), "SOLVER.CHECKPOINT_PERIOD": iters, "SEED": seed,
+        "OUTPUT_DIR": str(output_dir),
+    }
+    # KEY VALUE overrides as on the command line: the config checks every key and type
+    return load_config(None, [v if isinstance(v, str) else repr(v) for item in opts.items() for v in item])
 
 
-def _prepare_synthetic(args, image_size: int, progress: bool) -> tuple[nn.Module, Path]:
+def train_bn_classifier(cfg) -> tuple[ResNet, float]:
+    """Train the classifier ``cfg`` describes with the engine's :class:`~gn_det.engine.trainer.Trainer`
+    (in this process, seeded with SEED); returns its ResNet (on the CPU, in eval mode) and the last
+    training loss."""
+    from gn_det.engine.setup import seed_all_rng
+    from gn_det.engine.trainer import Trainer
+
+    seed_all_rng(cfg.SEED)
+    trainer = Trainer(cfg)
+    trainer.train()
+    return trainer.unwrapped_model.resnet.cpu().eval(), trainer.storage.history("total_loss").latest()
+
+
+def _prepare_synthetic(args, image_size: int) -> tuple[nn.Module, Path]:
     """Generate train/eval image folders and train (or reuse) a BN classifier on them."""
     work = Path(args.workdir)
     data_root = work / "synthetic_images"
@@ -141,53 +147,52 @@ def _prepare_synthetic(args, image_size: int, progress: bool) -> tuple[nn.Module
     (data_root / _SYNTHETIC_MARKER).touch()
     size = _resize_size(image_size)  # generate at the resize size: resizing is then a no-op
     per_class_eval = math.ceil((args.num_calib + args.num_heldout) / len(SYNTHETIC_CLASSES))
-    write_image_folder(*make_synthetic_classification(per_class_eval, image_size=size, seed=args.seed + 1),
-                       data_root / "eval")
+    write_synthetic_image_folder(data_root / "eval", per_class_eval, size, args.seed + 1)
 
+    depth = _depth(args.arch)
     meta = {"recipe": _RECIPE_VERSION, "arch": args.arch, "seed": args.seed, "image_size": image_size,
             "epochs": args.epochs, "train_per_class": args.train_per_class,
             "num_classes": len(SYNTHETIC_CLASSES)}
     ckpt_path = work / f"bn_{args.arch}.pth"
     saved = safe_torch_load(ckpt_path) if ckpt_path.exists() and not args.retrain else None
     if isinstance(saved, dict) and saved.get("meta") == meta:
-        model = torchvision.models.get_model(args.arch, num_classes=len(SYNTHETIC_CLASSES))
+        model = build_resnet(depth, "BN", num_classes=len(SYNTHETIC_CLASSES))
         model.load_state_dict(saved["model"])
         print(f"reusing trained BN model {ckpt_path} (pass --retrain to train again)")
         return model.eval(), data_root / "eval"
-    write_image_folder(*make_synthetic_classification(args.train_per_class, image_size=size, seed=args.seed),
-                       data_root / "train")
-    train = load_image_folder(data_root / "train", image_size=image_size, progress=progress)
-    torch.manual_seed(args.seed)
-    model = torchvision.models.get_model(args.arch, num_classes=len(SYNTHETIC_CLASSES))
+    train_dir = write_synthetic_image_folder(data_root / "train", args.train_per_class, size, args.seed)
+    num_images = args.train_per_class * len(SYNTHETIC_CLASSES)
+    cfg = bn_training_config(train_dir, work / "bn_training", depth=depth, image_size=image_size,
+                             num_images=num_images, epochs=args.epochs, seed=args.seed)
     start = time.perf_counter()
-    acc = train_classifier(model, train.images, train.labels, epochs=args.epochs, seed=args.seed,
-                           progress=progress)
-    print(f"trained BN {args.arch} on {len(train.images)} synthetic images: train acc {acc:.3f}, "
-          f"{time.perf_counter() - start:.0f} s")
+    model, loss = train_bn_classifier(cfg)
+    print(f"trained BN {args.arch} on {num_images} synthetic images ({cfg.SOLVER.MAX_ITER} iterations of "
+          f"{_TRAIN_BATCH}): last loss {loss:.3f}, {time.perf_counter() - start:.0f} s")
     atomic_save({"model": model.state_dict(), "meta": meta}, ckpt_path)
-    return model.eval(), data_root / "eval"
+    return model, data_root / "eval"
 
 
 def _load_weights(args) -> nn.Module:
-    """Build ``--arch`` and load ``--weights`` into it; any key or shape mismatch is an error."""
-    state = safe_torch_load(args.weights)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{args.weights} is not a state dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    fc_weight = state.get(f"{args.classifier}.weight")
+    """Build gn_det's BN ``--arch`` and load ``--weights`` into it; any key or shape mismatch is an error."""
+    depth = _depth(args.arch)
+    ckpt = parse_checkpoint(load_raw(args.weights), args.weights)
+    if ckpt.meta.get("norm") not in ("BN", "FrozenBN"):
+        raise CheckpointError(f"{args.weights} holds {ckpt.meta.get('norm')} weights; the fidelity of a conversion "
+                              f"is measured from a BN network")
+    fc_weight = ckpt.state_dict.get(f"{args.classifier}.weight")
     num_classes = fc_weight.shape[0] if fc_weight is not None else 1000
-    try:
-        model = torchvision.models.get_model(args.arch, weights=None, num_classes=num_classes)
-    except ValueError as e:
-        raise SystemExit(f"error: unknown --arch {args.arch!r} ({e})") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{args.weights} does not fit torchvision {args.arch}: {e}") from None
+    stride_in_1x1 = bool(ckpt.meta.get("stride_in_1x1"))
+    model = build_resnet(depth, "BN", num_classes=num_classes, stride_in_1x1=stride_in_1x1)
+    own = model.state_dict()
+    missing = [k for k in own if k not in ckpt.state_dict and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise CheckpointError(f"{args.weights} does not fit gn_det's {args.arch}: {len(missing)} of its tensors are "
+                              f"not in the file (e.g. {missing[:3]}); pass the --arch the weights were trained as")
+    report = load_into_model(model, ckpt, stride_in_1x1=stride_in_1x1)
+    if report.unused:
+        raise CheckpointError(f"{args.weights} does not fit gn_det's {args.arch}: {len(report.unused)} of its "
+                              f"entries are not in the model (e.g. {report.unused[:3]}); pass the --arch the "
+                              f"weights were trained as")
     return model.eval()
 
 
@@ -237,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.weights:
             model, image_dir = _load_weights(args), Path(args.images)
         else:
-            model, image_dir = _prepare_synthetic(args, image_size, progress)
+            model, image_dir = _prepare_synthetic(args, image_size)
         data = load_image_folder(image_dir, args.num_calib + args.num_heldout, image_size=image_size,
                                  seed=args.seed, progress=progress)
         if len(data.images) <= args.num_calib:

@@ -217,7 +217,9 @@ class Trainer:
 
     def save_checkpoint(self, name: str) -> str:
         """Save the full training state as ``{OUTPUT_DIR}/{name}.pth`` (call on every rank)."""
-        return self.checkpointer.save(name, iteration=self.iter)
+        # The config as run travels with the weights, so a later MODEL.WEIGHTS load knows the
+        # facts the tensors alone cannot tell (the norm, WS, the stride placement).
+        return self.checkpointer.save(name, iteration=self.iter, config=self.cfg.dump())
 
     def _last_good_checkpoint(self) -> str:
         try:

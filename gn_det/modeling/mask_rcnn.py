@@ -35,6 +35,7 @@ from gn_det.checkpoint.formats import parse_checkpoint
 from gn_det.checkpoint.loading import resnet_weights_for
 from gn_det.checkpoint.model_loading import WeightsForModel
 from gn_det.config import ConfigError
+from gn_det.modeling.classifier import classifier_resnet_checkpoint
 from gn_det.modeling.backbone.fpn import build_resnet_fpn_backbone, fpn_feature_names
 from gn_det.modeling.roi_heads import build_box_head, build_mask_head, build_roi_pooler
 
@@ -225,7 +226,9 @@ def mask_rcnn_weights_transform(cfg, model: GNMaskRCNN, raw: Any, source: str) -
       ``backbone.``/``rpn.``/``roi_heads.``, e.g. torchvision's ``maskrcnn_resnet50_fpn``) is taken
       as it is; what does not fit (another NUM_CLASSES) is reported by the loading policy.
     - Otherwise a ResNet checkpoint in any format the converter reads (torchvision, gn_det,
-      detectron2, Detectron/Caffe2) goes into ``backbone.body.``, which it must fill completely.
+      detectron2, Detectron/Caffe2), or the ResNet of a gn_det classification checkpoint (the
+      fine-tuned backbone of ``TASK classification``), goes into ``backbone.body.``, which it must
+      fill completely.
       The stride placement is checked against MODEL.RESNETS.STRIDE_IN_1X1 and WS weights need a
       "+WS" MODEL.RESNETS.NORM (facts from the config, not from the model object).
 
@@ -236,9 +239,10 @@ def mask_rcnn_weights_transform(cfg, model: GNMaskRCNN, raw: Any, source: str) -
     detector_state = _detector_state_dict(raw)
     if detector_state is not None:
         return WeightsForModel(detector_state, notes=["detector checkpoint: loaded by name"])
-    ckpt = parse_checkpoint(raw, source)
+    stride_in_1x1 = bool(cfg.MODEL.RESNETS.STRIDE_IN_1X1)
+    ckpt = classifier_resnet_checkpoint(raw, source, stride_in_1x1=stride_in_1x1) or parse_checkpoint(raw, source)
     return resnet_weights_for(ckpt, model.backbone.body, "backbone.body.",
-                              stride_in_1x1=bool(cfg.MODEL.RESNETS.STRIDE_IN_1X1), body_norm=cfg.MODEL.RESNETS.NORM)
+                              stride_in_1x1=stride_in_1x1, body_norm=cfg.MODEL.RESNETS.NORM)
 
 
 _DETECTOR_PREFIXES = ("backbone.", "rpn.", "roi_heads.")

@@ -14,7 +14,7 @@ from importlib import import_module
 
 from ..utils.plugins import TASK_GROUP, entry_point_names, load_entry_point
 
-BUILTIN_TASKS = ("detection",)
+BUILTIN_TASKS = ("detection", "classification")
 
 for _name in BUILTIN_TASKS:
     import_module(f"{__name__}.{_name}")
