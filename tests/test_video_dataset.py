@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from gn_det.data.catalog import cache_root
 from gn_det.data.coco_dataset import DatasetError
 from gn_det.data.video.annotations import VideoRecord, load_video_list
-from gn_det.data.video.dataset import VideoClipDataset, collate_video_samples
+from gn_det.data.video.dataset import SkippedView, VideoClipDataset, collate_video_samples
 from gn_det.data.video.decode import decode_frames, probe
 from gn_det.data.video.sampling import train_clip_indices
 from gn_det.data.video.synthetic import (FLIP_LABEL_MAP, MARKER, MOTION_CLASSES, flip_label_map,
@@ -244,8 +244,8 @@ def test_too_short_clamp_and_skip(train_list, tmp_path):
     assert item["replaced"] == [(str(short), "too short: 3 frames, a clip needs 7")]
     test_skip = make_dataset(records, train_list.classes, train=False, too_short="skip",
                              num_ensemble_views=2, num_spatial_crops=3)
-    assert test_skip[0] == {"skipped": "too short: 3 frames, a clip needs 7", "label": 0, "video_index": 0,
-                            "path": str(short), "view": 0, "temporal_index": 0, "spatial_index": 0}
+    assert test_skip[0] == SkippedView(str(short), f"videos: video {short}, view 0: too short: 3 frames, a clip "
+                                                   f"needs 7", video_index=0, view=0, label=0)
     assert "video" in make_dataset(records, train_list.classes, train=False, num_ensemble_views=2)[0]
 
 
@@ -254,8 +254,9 @@ def test_test_views(broken_records, train_list):
     ds = make_dataset(records, train_list.classes, train=False, num_ensemble_views=2, num_spatial_crops=3)
     assert len(ds) == 4 * 2 * 3
     items = [ds[i] for i in range(len(ds))]
-    assert [(s["video_index"], s["view"]) for s in items] == [(v, k) for v in range(4) for k in range(6)]
-    assert all("moov atom" in s["skipped"] for s in items[:6])
+    keys = [(s.video_index, s.view) if isinstance(s, SkippedView) else (s["video_index"], s["view"]) for s in items]
+    assert keys == [(v, k) for v in range(4) for k in range(6)]
+    assert all(isinstance(s, SkippedView) and "moov atom" in s.reason for s in items[:6])
     good = items[6:]
     assert all(s["video"].shape == (3, 4, 24, 24) for s in good)
     assert [s["temporal_index"] for s in good[:6]] == [0, 0, 0, 1, 1, 1]

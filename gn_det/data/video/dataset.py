@@ -28,16 +28,21 @@ spatial crop ``view % crops``::
     {"video", "label", "video_index", "path", "view", "temporal_index", "spatial_index",
      "replaced": []}
 
-or, for a bad video, ``{"skipped": reason, "path", "label", "video_index", "view", ...}``: the
-view is counted, not silently dropped. The last decoded temporal clip is cached, so the spatial
-crops of one clip (consecutive items) decode the video once.
+or, for a bad video, a :class:`SkippedView` (a :class:`gn_det.data.common.SkippedSample` that also
+names the video index, view and label): the shared loader plumbing
+(:class:`~gn_det.data.common.SkipBadSamples`) drops it from its batch, counts it and logs its file,
+and the evaluator, which knows how many views each video has, reports the view as missing: it is
+never silently lost. The last decoded temporal clip is cached, so the spatial crops of one clip
+(consecutive items) decode the video once.
 
-:func:`collate_video_samples` batches samples of either kind.
+:func:`collate_video_samples` batches samples of either kind (for callers that do not use
+:class:`~gn_det.data.common.SkipBadSamples`).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -45,15 +50,29 @@ import torch
 from torch.utils.data import Dataset
 
 from gn_det.data.coco_dataset import DatasetError
+from gn_det.data.common import SkippedSample
 from gn_det.data.video.annotations import VideoRecord
 from gn_det.data.video.decode import VideoDecodeError, decode_clip
 from gn_det.data.video.sampling import TOO_SHORT_POLICIES, TooShortError, test_clip_indices, train_clip_indices
 from gn_det.data.video.transforms import (DEFAULT_MEAN, DEFAULT_STD, TestClipTransform, TrainClipTransform,
                                           make_flip_index_map)
 
-__all__ = ["VideoClipDataset", "collate_video_samples"]
+__all__ = ["VideoClipDataset", "SkippedView", "collate_video_samples"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SkippedView(SkippedSample):
+    """A test view of a video that cannot be read (``reason`` names the file and the failure).
+
+    Attributes:
+        video_index, view, label: which view of which video was lost, and the video's class.
+    """
+
+    video_index: int = -1
+    view: int = -1
+    label: int = -1
 
 
 def _key_rng(index: int, seed: int | None, attempt: int = 0) -> np.random.Generator:
@@ -76,6 +95,7 @@ class VideoClipDataset(Dataset):
         mean, std: per-channel normalization (RGB, of x / 255).
         too_short: ``"clamp"`` (repeat the last frame) or ``"skip"`` (treat as bad).
         flip_label_map: class name -> class name after a horizontal flip (made symmetric).
+        random_flip: flip training clips left-right with probability 1/2 (PySlowFast's DATA.RANDOM_FLIP).
         max_retries: training replacements tried before giving up.
         decode_threads: decoder threads per video (1 suits DataLoader workers).
         name: for messages.
@@ -86,7 +106,7 @@ class VideoClipDataset(Dataset):
                  crop_size: int = 224, test_crop_size: int = 256, num_ensemble_views: int = 10,
                  num_spatial_crops: int = 3, mean: Sequence[float] = DEFAULT_MEAN,
                  std: Sequence[float] = DEFAULT_STD, too_short: str = "clamp",
-                 flip_label_map: Mapping[str, str] | None = None, max_retries: int = 10,
+                 flip_label_map: Mapping[str, str] | None = None, random_flip: bool = True, max_retries: int = 10,
                  decode_threads: int = 1, name: str = "videos") -> None:
         if too_short not in TOO_SHORT_POLICIES:
             raise ValueError(f"too_short must be one of {TOO_SHORT_POLICIES}, got {too_short!r}")
@@ -110,7 +130,7 @@ class VideoClipDataset(Dataset):
         self.decode_threads = int(decode_threads)
         self.flip_index_map = make_flip_index_map(flip_label_map, self.classes)
         if self.train:
-            self.transform = TrainClipTransform(jitter_scales, crop_size, mean, std)
+            self.transform = TrainClipTransform(jitter_scales, crop_size, mean, std, flip=random_flip)
         else:
             self.transform = TestClipTransform(test_crop_size, num_spatial_crops, mean, std)
         self.bad_videos: list[tuple[str, str]] = []  # (path, reason), first failure of each video
@@ -183,7 +203,7 @@ class VideoClipDataset(Dataset):
             f"{self.name}: no usable video after {self.max_retries + 1} tries starting at index {index} "
             f"({listed}). Run gn-det-check-videos on the list to find and drop the bad files")
 
-    def _test_item(self, index: int) -> dict[str, Any]:
+    def _test_item(self, index: int) -> dict[str, Any] | SkippedView:
         video_index, view = divmod(index, self.views_per_video)
         temporal, spatial = divmod(view, self.num_spatial_crops)
         base = {"label": int(self.labels[video_index]), "video_index": video_index, "path": self.paths[video_index],
@@ -195,12 +215,13 @@ class VideoClipDataset(Dataset):
                 frames = self._frames(video_index, lambda n: test_clip_indices(
                     n, self.num_frames, self.sampling_rate, temporal, self.num_ensemble_views, self.too_short))
             except VideoDecodeError as e:
-                return {"skipped": e.reason, **base}
+                return SkippedView(e.path, f"{self.name}: video {e.path}, view {view}: {e.reason}",
+                                   video_index=video_index, view=view, label=base["label"])
             self._cache = ((video_index, temporal), frames)
         return {"video": self.transform(frames, spatial), **base, "replaced": []}
 
 
-def collate_video_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def collate_video_samples(samples: Sequence[dict[str, Any] | SkippedSample]) -> dict[str, Any]:
     """Batch samples of :class:`VideoClipDataset`; skipped test views are set apart.
 
     Returns:
@@ -209,17 +230,18 @@ def collate_video_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         (test samples), "replaced": [(path, reason), ...] of all samples,
         "skipped": [{"path", "reason", "video_index", "view", "label"}, ...]}``
     """
-    good = [s for s in samples if "skipped" not in s]
+    good = [s for s in samples if not isinstance(s, SkippedSample)]
     out: dict[str, Any] = {
         "video": torch.stack([s["video"] for s in good]) if good else torch.empty(0),
         "label": torch.tensor([s["label"] for s in good], dtype=torch.int64),
         "video_index": torch.tensor([s["video_index"] for s in good], dtype=torch.int64),
         "path": [s["path"] for s in good],
-        "replaced": [r for s in samples for r in s.get("replaced", [])],
-        "skipped": [{"path": s["path"], "reason": s["skipped"], "video_index": s["video_index"],
-                     "view": s.get("view"), "label": s["label"]} for s in samples if "skipped" in s],
+        "replaced": [r for s in good for r in s.get("replaced", [])],
+        "skipped": [{"path": s.file_name, "reason": s.reason, "video_index": getattr(s, "video_index", -1),
+                     "view": getattr(s, "view", -1), "label": getattr(s, "label", -1)}
+                    for s in samples if isinstance(s, SkippedSample)],
     }
     for key in ("view", "temporal_index", "spatial_index"):
-        if any(key in s for s in samples):
+        if any(key in s for s in good):
             out[key] = torch.tensor([s[key] for s in good], dtype=torch.int64)
     return out
