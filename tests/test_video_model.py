@@ -137,3 +137,20 @@ def test_every_norm_builds_and_trains_on_the_synthetic_set(norm, train_batches):
     with torch.no_grad():
         logits = model(train_batches[0])
     assert logits.shape == (2, 6) and torch.isfinite(logits).all()
+
+
+def test_rgb_diff_modality_feeds_frame_differences():
+    diff = i3d_resnet(18, "GN", num_classes=4, input_modality="rgb_diff").eval()
+    plain = i3d_resnet(18, "GN", num_classes=4).eval()
+    plain.load_state_dict(diff.state_dict())
+    x = torch.randn(2, 3, 5, 32, 32)
+    labels = torch.tensor([0, 3])
+    with torch.no_grad():
+        assert torch.equal(diff({"video": x, "label": labels}), plain({"video": x[:, :, 1:] - x[:, :, :-1], "label": labels}))
+        still = x[:, :, :1].repeat(1, 1, 5, 1, 1)  # a clip without motion looks like an empty one
+        assert torch.equal(diff({"video": still, "label": labels}), diff({"video": torch.zeros_like(x), "label": labels}))
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        diff({"video": torch.zeros(1, 3, 1, 32, 32), "label": torch.tensor([0])})
+    with pytest.raises(ConfigError, match="INPUT_MODALITY"):
+        build_video_model(_cfg("MODEL.VIDEO.INPUT_MODALITY", "flow"))
+    assert build_video_model(_cfg()).input_modality == "rgb_diff"  # the demo's (and the tests') setting

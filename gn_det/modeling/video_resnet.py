@@ -22,7 +22,11 @@ max pool halves T (PySlowFast's ``pool1`` [2, 1, 1]); there is no other temporal
 Input: a list of samples (``{"video": float (3, T, H, W), "label": int, ...}``, gn_det's loader
 format) or a batch dict from :func:`gn_det.data.video.collate_video_samples`. Videos arrive
 normalized (DATA.MEAN/STD); with INPUT.FORMAT "BGR" the channels are reversed for the network.
-Train mode returns ``{"loss_cls": cross-entropy}``; eval mode the logits (N, K).
+``MODEL.VIDEO.INPUT_MODALITY "rgb_diff"`` feeds the network the differences of consecutive frames
+instead (T - 1 of them; TSN's "RGB difference" modality): static appearance cancels, motion stays.
+It is for training from scratch on data where only motion tells the classes apart (the synthetic
+demo set); ImageNet checkpoints expect "rgb". Train mode returns ``{"loss_cls": cross-entropy}``;
+eval mode the logits (N, K).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ I3D_TEMPORAL_POOL = 2
 # Per stage, the temporal kernel sizes the stage's blocks cycle through (PySlowFast's "i3d" basis).
 I3D_TEMPORAL_KERNELS: tuple[tuple[int, ...], ...] = ((3,), (3, 1), (3, 1), (1, 3))
 INPUT_FORMATS = ("RGB", "BGR")
+INPUT_MODALITIES = ("rgb", "rgb_diff")
 
 
 def i3d_temporal_kernels(depth: int, basis: Sequence[Sequence[int]] = I3D_TEMPORAL_KERNELS) -> list[list[int]]:
@@ -127,9 +132,10 @@ class VideoClassifier(nn.Module):
         resnet: a :class:`~gn_det.modeling.backbone.resnet.ResNet` with ``dim=3`` and no classifier.
         head: the head over its last stage.
         input_format: "RGB" or "BGR", the channel order the network's weights expect (samples are RGB).
+        input_modality: "rgb" (the frames) or "rgb_diff" (differences of consecutive frames).
     """
 
-    def __init__(self, resnet: ResNet, head: VideoHead, input_format: str = "RGB"):
+    def __init__(self, resnet: ResNet, head: VideoHead, input_format: str = "RGB", input_modality: str = "rgb"):
         super().__init__()
         if resnet.dim != 3 or hasattr(resnet, "fc") or resnet.out_features is not None:
             raise ValueError("VideoClassifier needs a 3D ResNet body (dim=3, no num_classes, no out_features)")
@@ -137,7 +143,10 @@ class VideoClassifier(nn.Module):
             raise ValueError(f"INPUT.FORMAT must be one of {INPUT_FORMATS}, got {input_format!r}")
         self.resnet = resnet
         self.head = head
+        if input_modality not in INPUT_MODALITIES:
+            raise ValueError(f"MODEL.VIDEO.INPUT_MODALITY must be one of {INPUT_MODALITIES}, got {input_modality!r}")
         self.input_format = input_format
+        self.input_modality = input_modality
 
     @property
     def num_classes(self) -> int:
@@ -164,6 +173,10 @@ class VideoClassifier(nn.Module):
         videos = videos.to(self.device, torch.float32)
         if self.input_format == "BGR":
             videos = videos.flip(1)
+        if self.input_modality == "rgb_diff":
+            if videos.shape[2] < 2:
+                raise ValueError("MODEL.VIDEO.INPUT_MODALITY 'rgb_diff' needs clips of at least 2 frames (DATA.NUM_FRAMES)")
+            videos = videos[:, :, 1:] - videos[:, :, :-1]
         return videos, labels
 
     def features(self, videos: torch.Tensor) -> torch.Tensor:
@@ -184,7 +197,8 @@ def i3d_resnet(depth: int = 50, norm: str | NormSpec = "BN", *, num_classes: int
                head_conv_dim: int = 0, head_norm: str | NormSpec = "", stem_temporal_kernel: int = I3D_STEM_TEMPORAL_KERNEL,
                temporal_kernels: Sequence[Sequence[int]] | None = None, temporal_pool: int = I3D_TEMPORAL_POOL,
                temporal_strides: Sequence[int] | None = None, stride_in_1x1: bool = False,
-               zero_init_residual: bool = True, freeze_at: int = 0, input_format: str = "RGB") -> VideoClassifier:
+               zero_init_residual: bool = True, freeze_at: int = 0, input_format: str = "RGB",
+               input_modality: str = "rgb") -> VideoClassifier:
     """Constructs an I3D video classifier: a 3D ResNet of ``depth`` with PySlowFast's I3D temporal layout.
 
     Args:
@@ -204,6 +218,7 @@ def i3d_resnet(depth: int = 50, norm: str | NormSpec = "BN", *, num_classes: int
         zero_init_residual (bool): last norm gamma of each block starts at 0. Default: True.
         freeze_at (int): stages to freeze (0: none). Default: 0.
         input_format (str): "RGB" or "BGR". Default: "RGB".
+        input_modality (str): "rgb" or "rgb_diff" (frame differences). Default: "rgb".
 
     Example::
 
@@ -217,7 +232,7 @@ def i3d_resnet(depth: int = 50, norm: str | NormSpec = "BN", *, num_classes: int
                           temporal_strides=temporal_strides, temporal_pool=temporal_pool)
     head = VideoHead(resnet.stage_channels["layer4"], num_classes, dropout=dropout, conv_dim=head_conv_dim,
                      norm=head_norm)
-    return VideoClassifier(resnet, head, input_format)
+    return VideoClassifier(resnet, head, input_format, input_modality)
 
 
 def _temporal_kernels_from_cfg(cfg) -> list | None:
@@ -257,7 +272,10 @@ def build_video_model(cfg) -> VideoClassifier:
     h = m.VIDEO_HEAD
     head = VideoHead(resnet.stage_channels["layer4"], int(m.NUM_CLASSES), dropout=float(m.DROPOUT_RATE),
                      conv_dim=int(h.CONV_DIM), norm=norm_from_cfg(cfg, h.NORM, "MODEL.VIDEO_HEAD.NORM"))
-    return VideoClassifier(resnet, head, cfg.INPUT.FORMAT)
+    try:
+        return VideoClassifier(resnet, head, cfg.INPUT.FORMAT, v.INPUT_MODALITY)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------- weights

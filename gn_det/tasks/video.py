@@ -74,6 +74,8 @@ def add_video_config(cfg: CN) -> None:
     cfg.MODEL.VIDEO.TEMPORAL_KERNELS = []
     cfg.MODEL.VIDEO.TEMPORAL_POOL = 2  # max pool over time after res2 (PySlowFast's pool1); 1: none
     cfg.MODEL.VIDEO.TEMPORAL_STRIDES = [1, 1, 1, 1]  # per stage, on its first block
+    # "rgb": the frames; "rgb_diff": differences of consecutive frames (TSN's RGB difference; T - 1 of them)
+    cfg.MODEL.VIDEO.INPUT_MODALITY = "rgb"
     # Optional 1x1x1 conv + norm + ReLU in the head before the pool (PySlowFast's head has none: 0).
     cfg.MODEL.VIDEO_HEAD = CN()
     cfg.MODEL.VIDEO_HEAD.CONV_DIM = 0
