@@ -32,7 +32,6 @@ eval mode the logits (N, K).
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -52,7 +51,6 @@ __all__ = ["META_ARCHITECTURE", "RESNET_PREFIX", "HEAD_PREFIX", "I3D_STEM_TEMPOR
            "I3D_TEMPORAL_KERNELS", "i3d_temporal_kernels", "VideoHead", "VideoClassifier", "i3d_resnet",
            "build_video_model", "video_weights_transform"]
 
-logger = logging.getLogger(__name__)
 
 META_ARCHITECTURE = "I3D"
 RESNET_PREFIX = "resnet."  # the 3D ResNet's keys: RESNET_PREFIX + torchvision name
