@@ -5,7 +5,8 @@ path under ``OUTPUT`` (names with spaces kept, extension ``.mp4``) with:
 
 - the short side resized to ``--short-side`` (256 by default, as PySlowFast's recipe expects;
   320 for a [256, 320] jitter at full resolution), the aspect ratio kept, sizes even;
-- a constant frame rate ``--fps`` (30 by default, DATA.TARGET_FPS; 0 keeps the source's average
+- a constant frame rate ``--fps`` (30 by default, the rate PySlowFast's DATA.TARGET_FPS resamples to at
+  decode time; gn_det samples frames as stored, so they are made constant here; 0 keeps the source's average
   rate): output frame ``k`` shows the source frame whose timestamp rounds to slot ``k``, so frames
   are repeated or dropped as the rate change needs, and variable-rate sources become constant;
 - a keyframe every ``--gop`` frames (16 by default), so a seek lands close to any frame;

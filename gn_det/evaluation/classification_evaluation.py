@@ -21,25 +21,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from gn_det.evaluation.accuracy import per_class_top1, topk_accuracy
 from gn_det.utils import comm
 from gn_det.utils.io import atomic_write_text
 from gn_det.utils.table import format_metrics_table, format_per_class_table
 
-__all__ = ["ClassificationEvaluator", "topk_accuracy", "RESULTS_FILE", "TOPK"]
+__all__ = ["ClassificationEvaluator", "RESULTS_FILE", "TOPK"]
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "classification_results.json"
 TOPK = 5
 _PER_CLASS_LOG_LIMIT = 50  # longer class lists are in the json only
-
-
-def topk_accuracy(topk: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Top-1 and top-k accuracy (%) from ``topk`` (N, k) predicted classes, best first."""
-    if len(labels) == 0:
-        return float("nan"), float("nan")
-    hits = topk == labels[:, None]
-    return float(hits[:, 0].mean() * 100), float(hits.any(axis=1).mean() * 100)
 
 
 class ClassificationEvaluator:
@@ -110,12 +103,7 @@ class ClassificationEvaluator:
         return {"classification": metrics}
 
     def _per_class(self, labels: np.ndarray, top1: np.ndarray) -> dict[str, dict[str, float]]:
-        out = {}
-        for i, name in enumerate(self.class_names):
-            mine = labels == i
-            n = int(mine.sum())
-            out[name] = {"num_images": n, "top1": float((top1[mine] == i).mean() * 100) if n else float("nan")}
-        return out
+        return per_class_top1(labels, top1, self.class_names, "num_images")
 
     def _write(self, metrics: dict[str, float], per_class: dict[str, dict[str, float]], k: int) -> None:
         if not self._output_dir:

@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from gn_det.evaluation.classification_evaluation import topk_accuracy
+from gn_det.evaluation.accuracy import per_class_top1, topk_accuracy
 from gn_det.utils import comm
 from gn_det.utils.io import atomic_write_file, atomic_write_text
 from gn_det.utils.table import format_metrics_table, format_per_class_table
@@ -227,12 +227,7 @@ class VideoEvaluator:
         return {"video": metrics}
 
     def _per_class(self, labels: np.ndarray, top1: np.ndarray) -> dict[str, dict[str, float]]:
-        out = {}
-        for i, name in enumerate(self.class_names):
-            mine = labels == i
-            n = int(mine.sum())
-            out[name] = {"num_videos": n, "top1": float((top1[mine] == i).mean() * 100) if n else float("nan")}
-        return out
+        return per_class_top1(labels, top1, self.class_names, "num_videos")
 
     def _write(self, metrics: dict, per_class: dict, cm: np.ndarray | None, k: int, missing: list[int]) -> None:
         if not self._output_dir:

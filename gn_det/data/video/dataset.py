@@ -209,7 +209,7 @@ class VideoClipDataset(Dataset):
         base = {"label": int(self.labels[video_index]), "video_index": video_index, "path": self.paths[video_index],
                 "view": view, "temporal_index": temporal, "spatial_index": spatial}
         if self._cache is not None and self._cache[0] == (video_index, temporal):
-            frames = self._cache[1]
+            resized = self._cache[1]
         else:
             try:
                 frames = self._frames(video_index, lambda n: test_clip_indices(
@@ -217,8 +217,11 @@ class VideoClipDataset(Dataset):
             except VideoDecodeError as e:
                 return SkippedView(e.path, f"{self.name}: video {e.path}, view {view}: {e.reason}",
                                    video_index=video_index, view=view, label=base["label"])
-            self._cache = ((video_index, temporal), frames)
-        return {"video": self.transform(frames, spatial), **base, "replaced": []}
+            # The spatial crops of a clip come in a row (the test loader keeps order): decode and
+            # resize once for all of them.
+            resized = self.transform.resize(frames)
+            self._cache = ((video_index, temporal), resized)
+        return {"video": self.transform.crop(resized, spatial), **base, "replaced": []}
 
 
 def collate_video_samples(samples: Sequence[dict[str, Any] | SkippedSample]) -> dict[str, Any]:
