@@ -23,8 +23,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-# v2's resize keeps uint8 clips in uint8 (a vectorised kernel): 11 ms for 32 frames 360x480 -> 288x384
-# on one core, against 190 ms for v1's, which converts to float (benchmarks/bench_video_loading.py).
+# v2's resize keeps uint8 clips in uint8 (a vectorised kernel); v1's converts to float first, which
+# made resizing, not decoding, the largest cost of a training clip (benchmarks/bench_video_loading.py).
 import torchvision.transforms.v2.functional as TF
 
 __all__ = [
