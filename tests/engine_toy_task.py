@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gn_det.engine.hooks import HookBase
 from gn_det.layers import create_norm
 from gn_det.utils import comm
 
@@ -134,6 +135,17 @@ class PoisonedToyTask(ToyTask):
 
     def __init__(self):
         super().__init__(poison_batch=1)
+
+
+class CrashAt(HookBase):
+    """A hook that stops training before iteration ``iteration`` runs, as a kill would."""
+
+    def __init__(self, iteration: int):
+        self.iteration = iteration
+
+    def before_step(self) -> None:
+        if self.trainer.iter == self.iteration:
+            raise KeyboardInterrupt("simulated crash")
 
 
 def toy_opts(output_dir: str, exclude: tuple = (), **overrides) -> list[str]:

@@ -18,7 +18,8 @@ def test_get_cfg_is_an_independent_copy():
 
 def test_base_chain_and_overrides_merge_in_order(tmp_path):
     (tmp_path / "sub").mkdir()
-    _write(tmp_path / "base.yaml", "SOLVER:\n  BASE_LR: 0.01\n  STEPS: [10, 20]\nMODEL:\n  RESNETS:\n    NORM: GN\n")
+    _write(tmp_path / "base.yaml", "TASK: detection\nSOLVER:\n  BASE_LR: 0.01\n  STEPS: [10, 20]\nMODEL:\n"
+                                   "  RESNETS:\n    NORM: GN\n")
     _write(tmp_path / "other.yaml", "MODEL:\n  FPN:\n    NORM: GN\n  RESNETS:\n    DEPTH: 101\n")
     # _BASE_ paths are relative to the file naming them; a list merges left to right.
     child = _write(tmp_path / "sub" / "child.yaml",
@@ -35,7 +36,7 @@ def test_base_chain_and_overrides_merge_in_order(tmp_path):
 
 
 def test_single_base_string_and_int_for_float(tmp_path):
-    _write(tmp_path / "base.yaml", "SOLVER:\n  BASE_LR: 1\n")  # YAML int where the default is a float
+    _write(tmp_path / "base.yaml", "TASK: detection\nSOLVER:\n  BASE_LR: 1\n")  # YAML int for a float default
     child = _write(tmp_path / "child.yaml", "_BASE_: base.yaml\nSOLVER:\n  MOMENTUM: 0\n")
     cfg = load_config(child, ["SOLVER.GAMMA", "1"])
     assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float)
@@ -85,7 +86,8 @@ def test_file_errors(tmp_path):
 
 def test_detectron2_tuple_style_values_in_yaml(tmp_path):
     # detectron2's configs write tuples as strings: TRAIN: ("coco_2017_train",)
-    path = _write(tmp_path / "d2.yaml", 'DATASETS:\n  TRAIN: ("a_train", "b_train")\n  TEST: ("a_val",)\n'
+    path = _write(tmp_path / "d2.yaml", 'TASK: detection\nDATASETS:\n  TRAIN: ("a_train", "b_train")\n'
+                                         '  TEST: ("a_val",)\n'
                                          "INPUT:\n  MIN_SIZE_TRAIN: (640, 672, 704)\n")
     cfg = load_config(path)
     assert cfg.DATASETS.TRAIN == ("a_train", "b_train") and cfg.DATASETS.TEST == ("a_val",)

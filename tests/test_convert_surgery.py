@@ -117,13 +117,13 @@ def test_heuristic_and_trace_agree_on_torchvision_resnets():
     for builder in (torchvision.models.resnet18, torchvision.models.resnet50):
         model = builder()
         convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-        by_names, _ = find_conv_norm_edges(model)
-        traced, dims = find_conv_norm_edges(model, torch.randn(1, 3, 32, 32))
-        assert by_names == traced
-        assert set(traced.values()) == convs  # every conv of a ResNet feeds a BN
-        assert traced["layer1.0.bn1"] == "layer1.0.conv1"
-        assert traced["layer2.0.downsample.1"] == "layer2.0.downsample.0"
-        assert set(dims.values()) == {2}
+        by_names = find_conv_norm_edges(model)
+        traced = find_conv_norm_edges(model, torch.randn(1, 3, 32, 32))
+        assert by_names.feeders == traced.feeders and (by_names.method, traced.method) == ("names", "trace")
+        assert traced.feeding_convs() == convs  # every conv of a ResNet feeds a BN
+        assert traced.feeders["layer1.0.bn1"] == ["layer1.0.conv1"]
+        assert traced.feeders["layer2.0.downsample.1"] == ["layer2.0.downsample.0"]
+        assert set(traced.dims.values()) == {2} and not traced.not_run and not traced.by_structure
 
 
 def test_heuristic_pairs_sequential_and_d2_style_convs():
@@ -138,8 +138,8 @@ def test_heuristic_pairs_sequential_and_d2_style_convs():
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
                           D2Conv(8, 8, 1, norm=nn.BatchNorm2d(8)), nn.Conv2d(8, 8, 1))
     for example in (None, torch.randn(1, 3, 4, 4)):
-        edges, _ = find_conv_norm_edges(model, example)
-        assert edges == {"1": "0", "3.norm": "3"}
+        edges = find_conv_norm_edges(model, example)
+        assert edges.feeders == {"1": ["0"], "3.norm": ["3"]}
     converted, report = convert_model(model, GN4_WS)
     assert report.ws_convs == ["0"]
     assert isinstance(converted[3].norm, nn.GroupNorm) and type(converted[3]) is D2Conv
@@ -190,11 +190,17 @@ def test_report_counts_and_serializes():
         assert name in text
 
 
-def test_bad_group_count_names_layer_and_changes_nothing():
-    model = nn.Sequential(nn.Conv2d(3, 64, 1), nn.BatchNorm2d(64), nn.Conv2d(64, 24, 1), nn.BatchNorm2d(24))
-    with pytest.raises(ValueError, match=r"'3'.*24 channels.*32 groups"):
+def test_strict_group_error_names_every_offending_layer_and_changes_nothing():
+    model = nn.Sequential(nn.Conv2d(3, 64, 1), nn.BatchNorm2d(64), nn.Conv2d(64, 24, 1), nn.BatchNorm2d(24),
+                          nn.Conv2d(24, 40, 1), nn.BatchNorm2d(40), nn.Conv2d(40, 48, 1), nn.BatchNorm2d(48))
+    with pytest.raises(ValueError) as info:
         convert_model(model, "GN+WS")
-    assert isinstance(model[1], nn.BatchNorm2d) and type(model[0]) is nn.Conv2d
+    message = str(info.value)
+    assert "32 groups" in message and "of 3 layer(s)" in message and "--group-policy" in message
+    for name, channels in (("3", 24), ("5", 40), ("7", 48)):
+        assert f"'{name}' ({channels} channels)" in message
+    assert "'1' (64" not in message and "\n" not in message
+    assert all(isinstance(model[i], nn.BatchNorm2d) and type(model[i - 1]) is nn.Conv2d for i in (1, 3, 5, 7))
 
 
 def test_trace_keeps_statistics_and_modes():

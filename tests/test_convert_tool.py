@@ -87,7 +87,7 @@ def test_calibration_path(r18_file, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--norm", "gn", "--num-groups", "7"], r"not divisible by 7 groups"),
+    (["--norm", "gn", "--num-groups", "7"], r"7 groups \(strict group policy\) does not divide the channels of \d+ layer"),
     (["--norm", "gn+ws", "--output-format", "torchvision"], "torchvision ResNets have no WS convs"),
     (["--arch", "resnet34", "--norm", "gn"], "have no value"),
     (["--source-format", "caffe2", "--norm", "gn"], "not a plain weights pickle|corrupt"),

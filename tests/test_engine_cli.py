@@ -98,6 +98,7 @@ def test_resume_from_a_checkpoint_that_does_not_fit_is_refused(tmp_path, capsys)
     assert "is not a gn_det training checkpoint" in err and "MODEL.WEIGHTS" in err
 
 
-def test_non_finite_loss_exits_1_without_traceback(tmp_path, capsys):
-    err = _run_expect_exit(toy_opts(str(tmp_path / "nan"), TASK="engine_toy_task:PoisonedToyTask"), capsys, code=1)
+def test_non_finite_loss_exits_3_without_traceback(tmp_path, capsys):
+    # 3: training failed (distinct from 2, user errors, and 1, unexpected errors)
+    err = _run_expect_exit(toy_opts(str(tmp_path / "nan"), TASK="engine_toy_task:PoisonedToyTask"), capsys, code=3)
     assert "non-finite at iteration 1" in err

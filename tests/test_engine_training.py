@@ -6,11 +6,10 @@ import os
 import pytest
 import torch
 
-from engine_toy_task import ToyTask, toy_opts
+from engine_toy_task import CrashAt, ToyTask, toy_opts
 from gn_det.checkpoint.io import safe_torch_load
 from gn_det.config import load_config
 from gn_det.engine.checkpoint import Checkpointer
-from gn_det.engine.hooks import HookBase
 from gn_det.engine.setup import seed_all_rng
 from gn_det.engine.trainer import Trainer
 
@@ -55,15 +54,6 @@ def test_grad_accumulation_equals_full_batch_with_gn_not_bn(tmp_path):
     assert rel > 0.05, rel
 
 
-class _CrashAt(HookBase):
-    def __init__(self, iteration):
-        self.iteration = iteration
-
-    def before_step(self):
-        if self.trainer.iter == self.iteration:
-            raise KeyboardInterrupt("simulated crash")
-
-
 def test_resume_continues_loss_sequence_exactly(tmp_path):
     # dropout (model RNG), warmup + a step (scheduler), momentum (optimizer state), 2 micro-batches
     opts = {"SOLVER.MAX_ITER": 6, "SOLVER.CHECKPOINT_PERIOD": 3, "SOLVER.WARMUP_ITERS": 4,
@@ -74,7 +64,7 @@ def test_resume_continues_loss_sequence_exactly(tmp_path):
     assert len(want) == 6
 
     first = _trainer(tmp_path, "resumed", ToyTask(dropout=0.3), **opts)
-    first.register_hooks([_CrashAt(5)])  # 2 iterations after the checkpoint at iteration 2
+    first.register_hooks([CrashAt(5)])  # 2 iterations after the checkpoint at iteration 2
     with pytest.raises(KeyboardInterrupt):
         first.train()
     out = first.cfg.OUTPUT_DIR

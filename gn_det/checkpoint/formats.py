@@ -14,6 +14,8 @@ stride_in_1x1      True: a bottleneck's stride is on its 1x1 conv (Caffe2/MSRA, 
                    MSRA R-50.pkl); False: on the 3x3 conv (torchvision, FAIR GN models);
                    None: unknown (loading refuses until the caller states it)
 stride_source      how ``stride_in_1x1`` was decided (file metadata, format convention, user)
+input              the images the weights expect: {"format": "RGB"/"BGR", "pixel_mean", "pixel_std"}
+                   (0-255, that channel order); see :mod:`gn_det.checkpoint.input_convention`
 converter_version  version of gn_det that wrote the file
 =================  =========================================================================
 
@@ -24,12 +26,23 @@ Files on disk:
 - gn_det: ``{"model": state_dict, "meta": meta}`` in a ``.pth``.
 - detectron2: a ``.pkl`` holding ``{"model": {d2 name: numpy array}, "__author__": ...,
   "matching_heuristics": True}``; gn_det adds ``"gn_det_meta"`` (detectron2 ignores extra keys).
-- Detectron / Caffe2 (read only): a ``.pkl`` with ``{"blobs": {blob name: array}}`` (detection
-  models) or the blob dict itself (ImageNet models). ``*_momentum`` blobs (optimizer state) are
+  Read: 0-d arrays (``num_batches_tracked`` as detectron2's ``tools/convert-torchvision-to-d2.py``
+  writes it) stay 0-d, and that script's classifier name ``stem.fc.*`` is read as ``fc.*``.
+- Detectron / Caffe2: a ``.pkl`` with ``{"blobs": {blob name: array}}`` (detection
+  models) or the blob dict itself (ImageNet models). Written as ``{"blobs": ..., "gn_det_meta": ...}``
+  with BN folded into ``_bn_s``/``_bn_b`` (AffineChannel, as Detectron's own BN models; eps
+  :data:`FOLDED_BN_EPS`) and GN as ``_gn_s``/``_gn_b``. ``*_momentum`` blobs (optimizer state) are
   dropped and listed. BN models have BN folded into ``_bn_s``/``_bn_b`` and no statistics: they
   are read as FrozenBN with ``running_mean = 0`` and ``running_var = 1 - eps`` (eps = 1e-5, the
   FrozenBN default), which makes ``x * s + b`` exact (``var = 1`` would scale every output by
   ``1/sqrt(1 + eps)``).
+
+Weight Standardization in formats without WS convs (detectron2, Caffe2): GN+WS weights are written
+with the standardization folded in (:func:`fold_ws_weights`): each conv's weight is replaced by its
+standardized weight, so a plain conv computes exactly what the WS conv computed (inference is
+unchanged). The file's meta then says ``ws: False, ws_folded: True``. detectron2 fine-tunes such
+weights as plain convs (no standardization in training); for WS training keep the gn_det format.
+A torchvision ``.pth`` of WS weights is refused instead (torchvision ResNets carry no meta to say so).
 
 ``.pth`` files load with ``weights_only=True`` and ``.pkl`` files through the restricted unpickler
 (:mod:`gn_det.checkpoint.io`).
@@ -40,21 +53,25 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
 from .. import __version__
+from ..layers.ws_conv import WSConv2d, WSConv3d, standardize_weight
+from .input_convention import source_input_convention
 from .io import CheckpointError, atomic_save, atomic_write_pickle, load_pickle, safe_torch_load
 from .names import caffe2_norm_kind, convert_name, format_name, parse_name
 
-__all__ = ["FORMATS", "OUTPUT_FORMATS", "Checkpoint", "detect_format", "read_checkpoint", "load_raw",
-           "parse_checkpoint",
-           "write_checkpoint", "check_output_format", "make_meta", "FOLDED_BN_EPS"]
+__all__ = ["FORMATS", "OUTPUT_FORMATS", "WS_FOLDING_FORMATS", "Checkpoint", "detect_format", "read_checkpoint",
+           "load_raw", "parse_checkpoint", "write_checkpoint", "check_output_format", "make_meta",
+           "fold_ws_weights", "ws_weight_keys", "FOLDED_BN_EPS"]
 
 FORMATS = ("torchvision", "gn_det", "detectron2", "caffe2")
-OUTPUT_FORMATS = ("gn_det", "torchvision", "detectron2")
+OUTPUT_FORMATS = ("gn_det", "torchvision", "detectron2", "caffe2")
+WS_FOLDING_FORMATS = ("detectron2", "caffe2")  # no WS convs: GN+WS weights are written folded
 FOLDED_BN_EPS = 1e-5
 _PICKLE_SUFFIXES = (".pkl", ".pickle")
 
@@ -80,11 +97,21 @@ class Checkpoint:
 
 
 def make_meta(source_format: str, norm: str, *, ws: bool = False, stride_in_1x1: bool | None,
-              stride_source: str, **extra: Any) -> dict[str, Any]:
-    """The ``meta`` dict stored with gn_det checkpoints (plain types only, for weights_only loading)."""
+              stride_source: str, ws_mode: str = "authors", **extra: Any) -> dict[str, Any]:
+    """The ``meta`` dict stored with gn_det checkpoints (plain types only, for weights_only loading).
+
+    ``ws_mode`` (the WS convention, :mod:`gn_det.layers.ws_conv`) is recorded for WS weights, so
+    folding them for a format without WS convs standardizes them as they were trained.
+    """
     meta = {"format": "gn_det", "source_format": source_format, "norm": norm, "ws": bool(ws),
             "stride_in_1x1": stride_in_1x1, "stride_source": stride_source,
             "converter_version": __version__}
+    if ws:
+        meta["ws_mode"] = ws_mode
+    # The images the weights expect (INPUT.FORMAT, PIXEL_MEAN/STD): given, or fixed by the source format.
+    convention = extra.pop("input", None) or source_input_convention(source_format)
+    if convention:
+        meta["input"] = dict(convention)
     meta.update(extra)
     return meta
 
@@ -167,7 +194,11 @@ def detect_format(obj: Any, where: str = "checkpoint") -> str:
 def _to_tensor(v: Any) -> torch.Tensor:
     if isinstance(v, torch.Tensor):
         return v
-    return torch.from_numpy(np.ascontiguousarray(v))
+    # not np.ascontiguousarray: it turns 0-d arrays (num_batches_tracked) into shape (1,)
+    arr = np.asarray(v)
+    if not arr.flags.c_contiguous or not arr.flags.writeable:
+        arr = arr.copy(order="C")
+    return torch.from_numpy(arr)
 
 
 def _rename(raw: dict[str, Any], scheme: str, ckpt: Checkpoint) -> None:
@@ -223,6 +254,13 @@ def _read_caffe2(raw: dict, ckpt: Checkpoint, stride_in_1x1: bool | None) -> Non
     _rename(kept, "caffe2", ckpt)
     if norm == "bn":
         _add_folded_bn_stats(ckpt)
+    saved = raw.get("gn_det_meta") if isinstance(raw.get("blobs"), dict) else None
+    if isinstance(saved, dict):  # written by gn_det: its meta says what the blobs are
+        ckpt.dropped.pop("gn_det_meta", None)
+        ckpt.meta = dict(saved, source_format="caffe2")
+        if stride_in_1x1 is not None:
+            ckpt.meta.update(stride_in_1x1=stride_in_1x1, stride_source="user")
+        return
     # MSRA's BN ImageNet models put the stride on the 1x1 conv; the GN paper's (FAIR) models on the 3x3.
     guess = norm == "bn"
     ckpt.meta = make_meta("caffe2", "FrozenBN" if norm == "bn" else "GN",
@@ -232,12 +270,20 @@ def _read_caffe2(raw: dict, ckpt: Checkpoint, stride_in_1x1: bool | None) -> Non
                           bn_folded=norm == "bn")
 
 
+# detectron2's tools/convert-torchvision-to-d2.py prefixes every non-"layer" key with "stem.", so
+# torchvision's classifier arrives as stem.fc.*; detectron2's own ResNet names it linear.*.
+_D2_ALIASES = {"stem.fc.weight": "linear.weight", "stem.fc.bias": "linear.bias"}
+
+
 def _read_detectron2(raw: dict, ckpt: Checkpoint, stride_in_1x1: bool | None) -> None:
     if "model" in raw and not isinstance(raw["model"], dict):
         raise CheckpointError(f"{ckpt.path}: detectron2 checkpoint's 'model' is a "
                               f"{type(raw['model']).__name__}, expected a dict of arrays")
     model = _unwrap(raw, ckpt, ("model",), known=("__author__", "matching_heuristics", "gn_det_meta"))
-    _rename(model, "detectron2", ckpt)
+    if any(k in model and _D2_ALIASES[k] in model for k in _D2_ALIASES):
+        raise CheckpointError(f"{ckpt.path}: holds both stem.fc.* and linear.* classifier weights; "
+                              f"remove one of them")
+    _rename({_D2_ALIASES.get(k, k): v for k, v in model.items()}, "detectron2", ckpt)
     saved = raw.get("gn_det_meta") if isinstance(raw.get("gn_det_meta"), dict) else None
     author = str(raw.get("__author__", ""))
     if saved is not None:
@@ -324,6 +370,8 @@ def parse_checkpoint(raw: Any, path: str | os.PathLike | None = None, source_for
 def check_output_format(output_format: str, *, ws: bool, stride_in_1x1: bool) -> None:
     """Refuse an output format that cannot hold these weights faithfully (before any slow work).
 
+    WS weights going to :data:`WS_FOLDING_FORMATS` are fine: :func:`write_checkpoint` folds them.
+
     Raises:
         CheckpointError: an unknown format, or a torchvision ``.pth`` of WS or stride-on-1x1
             weights (torchvision ResNets have plain convs and the stride on the 3x3, so such a file
@@ -335,36 +383,142 @@ def check_output_format(output_format: str, *, ws: bool, stride_in_1x1: bool) ->
         return
     if ws:
         raise CheckpointError("torchvision ResNets have no WS convs, so GN+WS weights in a torchvision "
-                              ".pth would load silently wrong; use --output-format gn_det")
+                              ".pth would load silently wrong; use --output-format gn_det (keeps WS), or "
+                              "detectron2 / caffe2 (WS folded into the conv weights, exact at inference)")
     if stride_in_1x1:
         raise CheckpointError("these weights put the stride on the 1x1 conv, but torchvision ResNets "
                               "put it on the 3x3: a torchvision .pth would load silently wrong; "
                               "use --output-format gn_det or detectron2")
 
 
+def fold_ws_weights(state_dict: Mapping[str, torch.Tensor], weight_keys: Iterable[str],
+                    ws_mode: str = "authors") -> dict[str, torch.Tensor]:
+    """Fold Weight Standardization into conv weights, for formats that have no WS conv.
+
+    A WS conv computes ``conv(x, standardize(W))``; storing ``standardize(W)`` lets a plain conv
+    compute the same output (exact at inference). Training the folded weights as plain convs is
+    plain-conv training, not WS training.
+
+    Args:
+        state_dict: any state dict (e.g. a whole detector's); it is not modified.
+        weight_keys: the keys of the WS convs' raw weights, e.g. from :func:`ws_weight_keys`.
+        ws_mode: the WS convention the weights were trained with (``meta["ws_mode"]``).
+
+    Returns:
+        A new dict: the same entries, those weights standardized (same dtype and shape).
+
+    Raises:
+        CheckpointError: a key that is missing or not a conv weight (fewer than 3 dims).
+    """
+    out = dict(state_dict)
+    for key in weight_keys:
+        weight = out.get(key)
+        if weight is None or weight.dim() < 3:
+            what = "missing" if weight is None else f"of shape {tuple(weight.shape)}, not a conv weight"
+            raise CheckpointError(f"cannot fold WS into {key!r}: {what}")
+        with torch.no_grad():
+            out[key] = standardize_weight(weight.float(), ws_mode).to(weight.dtype)
+    return out
+
+
+def ws_weight_keys(model: nn.Module, prefix: str = "") -> list[str]:
+    """State-dict keys of the raw weights of every WS conv in ``model`` (for :func:`fold_ws_weights`)."""
+    return [f"{prefix}{name}.weight" if name else f"{prefix}weight" for name, m in model.named_modules()
+            if isinstance(m, (WSConv2d, WSConv3d))]
+
+
+def _resnet_conv_weight_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    # In a ResNet every conv feeds a norm, so a WS ResNet standardizes all of them (not the fc).
+    out = []
+    for key in state_dict:
+        parsed = parse_name(key, "torchvision")
+        if parsed is not None and parsed.kind == "conv" and parsed.param == "weight":
+            out.append(key)
+    return out
+
+
+def _folded(ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """State dict and meta to write in a format without WS convs (WS folded if the weights have it)."""
+    state, meta = _plain_state_dict(ckpt), dict(ckpt.meta)
+    if meta.get("ws"):
+        keys = _resnet_conv_weight_keys(state)
+        state = fold_ws_weights(state, keys, meta.get("ws_mode", "authors"))
+        meta.update(ws=False, ws_folded=True, ws_folded_convs=len(keys))
+    return state, meta
+
+
 def _plain_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in ckpt.state_dict.items()}
 
 
+def _caffe2_blobs(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Detectron blobs of a torchvision-named ResNet; BN is folded into scale/bias (AffineChannel)."""
+    norm = _norm_kind(meta)
+    blobs, skipped = {}, []
+    for name, value in state.items():
+        parsed = parse_name(name, "torchvision")
+        if parsed is None or (parsed.kind == "norm" and parsed.param not in ("weight", "bias")):
+            skipped.append(name)  # running statistics are folded below; num_batches_tracked has no blob
+            continue
+        if parsed.kind == "norm" and norm == "bn":
+            value = _fold_bn(state, name.rsplit(".", 1)[0], parsed.param)
+        blobs[format_name(parsed, "caffe2", caffe2_norm=norm)] = value.numpy()
+    return blobs, skipped
+
+
+def _fold_bn(state: dict[str, torch.Tensor], module: str, param: str) -> torch.Tensor:
+    """BN's inference affine: scale ``w / sqrt(var + eps)``, bias ``b - mean * scale``."""
+    keys = [f"{module}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"BN {module!r} without {', '.join(missing)} cannot be folded into Caffe2 "
+                              f"scale/bias; write it as gn_det or detectron2")
+    weight, bias, mean, var = (state[k] for k in keys)
+    scale = weight.double() / (var.double() + FOLDED_BN_EPS).sqrt()
+    out = scale if param == "weight" else bias.double() - mean.double() * scale
+    return out.to(weight.dtype)
+
+
+def _norm_kind(meta: dict[str, Any]) -> str:
+    name = str(meta.get("norm", "")).upper().split("+")[0]
+    if name in ("GN", "LN", "IN"):
+        return "gn"
+    if name in ("BN", "FROZENBN", "SYNCBN"):
+        return "bn"
+    raise CheckpointError(f"cannot write norm {meta.get('norm')!r} as Caffe2 blobs (it has _bn_ and _gn_ "
+                          f"blobs only)")
+
+
 def write_checkpoint(ckpt: Checkpoint, path: str | os.PathLike, output_format: str = "gn_det") -> list[str]:
-    """Write ``ckpt`` atomically in ``output_format`` (gn_det, torchvision or detectron2).
+    """Write ``ckpt`` atomically in ``output_format`` (one of :data:`OUTPUT_FORMATS`).
+
+    GN+WS weights going to detectron2 or caffe2 are written with WS folded into the conv weights
+    (:func:`fold_ws_weights`; the written meta says ``ws_folded``): exact at inference, trained as
+    plain convs by those frameworks. Caffe2 output folds BN into ``_bn_s``/``_bn_b`` (eps
+    :data:`FOLDED_BN_EPS`), which gn_det reads back as FrozenBN.
 
     Returns:
         The torchvision keys that the format cannot hold and were not written (for the report).
 
     Raises:
-        CheckpointError: torchvision output of stride-on-1x1 weights (torchvision models put the
-            stride on the 3x3 conv, so such a file would load silently wrong), or an unknown format.
+        CheckpointError: torchvision output of WS or stride-on-1x1 weights (torchvision ResNets have
+            neither, so such a file would load silently wrong), or an unknown format.
     """
     check_output_format(output_format, ws=bool(ckpt.meta.get("ws")),
                         stride_in_1x1=bool(ckpt.meta.get("stride_in_1x1")))
-    state = _plain_state_dict(ckpt)
     if output_format == "gn_det":
-        atomic_save({"model": state, "meta": dict(ckpt.meta)}, path)
+        atomic_save({"model": _plain_state_dict(ckpt), "meta": dict(ckpt.meta)}, path)
         return []
     if output_format == "torchvision":
-        atomic_save(state, path)
+        atomic_save(_plain_state_dict(ckpt), path)
         return []
+    state, meta = _folded(ckpt)
+    if output_format == "caffe2":
+        blobs, skipped = _caffe2_blobs(state, meta)
+        if _norm_kind(meta) == "bn":
+            meta.update(norm="FrozenBN", bn_folded=True)
+        atomic_write_pickle({"blobs": blobs, "gn_det_meta": meta}, path)
+        return skipped
     model, skipped = {}, []
     for name, value in state.items():
         # detectron2 has no num_batches_tracked (its FrozenBN/BN never count steps)
@@ -375,5 +529,5 @@ def write_checkpoint(ckpt: Checkpoint, path: str | os.PathLike, output_format: s
             continue
         model[target] = value.numpy()
     atomic_write_pickle({"model": model, "__author__": "gn_det", "matching_heuristics": True,
-                         "gn_det_meta": dict(ckpt.meta)}, path)
+                         "gn_det_meta": meta}, path)
     return skipped

@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 # Re-exported for callers that save checkpoints; the writers live on the ground floor (utils).
@@ -32,6 +33,9 @@ __all__ = ["CheckpointError", "safe_torch_load", "RestrictedUnpickler", "load_pi
 
 class CheckpointError(ValueError):
     """A checkpoint file or its contents cannot be used; the message names the file or key."""
+
+
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
 # (module, name) pairs the restricted unpickler may resolve. numpy moved its internals from
@@ -85,6 +89,8 @@ def _check_file(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint file not found: {p}")
+    if p.is_dir():
+        raise CheckpointError(f"{p} is a directory, not a checkpoint file: {_files_inside(p)}")
     if not p.is_file():
         raise CheckpointError(f"checkpoint path is not a file: {p}")
     if p.stat().st_size == 0:
@@ -92,14 +98,49 @@ def _check_file(path: str | os.PathLike) -> Path:
     return p
 
 
+def _files_inside(folder: Path) -> str:
+    """What to give instead of ``folder``: the checkpoint files in it."""
+    names = sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.endswith(_CHECKPOINT_SUFFIXES))
+    if not names:
+        return "it holds no checkpoint file (.pth, .pkl); give the path of the weights file itself"
+    best = "model_final.pth" if "model_final.pth" in names else names[-1]
+    listed = ", ".join(names[:4]) + (f", ... ({len(names) - 4} more)" if len(names) > 4 else "")
+    return f"give the file inside it, e.g. {folder / best} (it holds {listed})"
+
+
+def _object_array_entry(obj: Any, where: str = "", depth: int = 0) -> str | None:
+    """The key path of the first numpy object array inside ``obj`` (dicts, lists, tuples), or None."""
+    if isinstance(obj, np.ndarray):
+        return (where or "the top level") if obj.dtype.hasobject else None
+    if depth > 8:  # checkpoints nest two or three levels; deeper is not worth walking
+        return None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _object_array_entry(value, f"{where}/{key}" if where else str(key), depth + 1)
+        if found:
+            return found
+    return None
+
+
 def load_pickle(path: str | os.PathLike) -> Any:
     """Read a ``.pkl`` file through :class:`RestrictedUnpickler` (latin1 for Python-2 pickles).
 
     Raises:
-        CheckpointError: missing/empty/truncated/corrupt file, or a pickle that asks for anything
-            beyond numpy arrays and plain containers (nothing in it is executed).
+        CheckpointError: missing/empty/truncated/corrupt file, a pickle that asks for anything
+            beyond numpy arrays and plain containers (nothing in it is executed), or one holding
+            a numpy array of Python objects (``dtype=object``), which is no weight tensor.
     """
     p = _check_file(path)
+    data = _unpickle(p)
+    entry = _object_array_entry(data)
+    if entry is not None:
+        raise CheckpointError(f"{p}: entry '{entry}' is a numpy array of Python objects (dtype=object), not "
+                              f"numbers, so it cannot be a weight; re-export the checkpoint with numeric arrays "
+                              f"(np.asarray(x, dtype=np.float32))")
+    return data
+
+
+def _unpickle(p: Path) -> Any:
     with open(p, "rb") as f:
         try:
             return RestrictedUnpickler(f).load()

@@ -126,7 +126,9 @@ def check_resnet_compatible(ckpt: Checkpoint, target: nn.Module, *, stride_in_1x
     _check_stride(target, ckpt.meta, stride_in_1x1, where)
     if ckpt.meta.get("ws") and not _has_ws_conv(target):
         raise CheckpointError(f"{where} holds Weight-Standardized conv weights but the model has no WS "
-                              f"convs; build it with a '+WS' norm, or fold WS before exporting")
+                              f"convs; build it with a '+WS' norm (e.g. MODEL.RESNETS.NORM 'GN+WS'), or fold WS "
+                              f"into the conv weights first (exact at inference): gn-det-convert "
+                              f"{ckpt.path or 'FILE'} --norm gn")
 
 
 def load_into_model(model: nn.Module, ckpt: Checkpoint | str | os.PathLike, *, stride_in_1x1: bool,

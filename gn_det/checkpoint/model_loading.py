@@ -36,7 +36,7 @@ from torch import nn
 from .formats import load_raw
 from .io import CheckpointError
 
-__all__ = ["LoadPolicy", "RESUME", "init_policy", "WeightsForModel", "ModelLoadReport", "load_weights",
+__all__ = ["LoadPolicy", "IncompleteWeightsError", "RESUME", "init_policy", "WeightsForModel", "ModelLoadReport", "load_weights",
            "apply_weights", "default_weights_transform", "WeightsTransform"]
 
 logger = logging.getLogger(__name__)
@@ -52,20 +52,24 @@ class LoadPolicy:
         strict: every model key must be loaded with the right shape and no file key may be left.
         required_parts: ``{part: state-dict prefix}`` that must receive at least one tensor.
         allow_empty_parts: parts of ``required_parts`` the user allows to stay at their init.
+        complete: every model key must be loaded with the right shape (file keys may be left);
+            checked before anything is copied or logged (:class:`IncompleteWeightsError`).
     """
 
     name: str
     strict: bool
     required_parts: Mapping[str, str] = field(default_factory=dict)
     allow_empty_parts: tuple[str, ...] = ()
+    complete: bool = False
 
 
 RESUME = LoadPolicy("resume", strict=True)
 
 
 def init_policy(required_parts: Mapping[str, str] | None = None,
-                allow_empty_parts: tuple[str, ...] | list[str] = ()) -> LoadPolicy:
-    """The MODEL.WEIGHTS policy: report what does not fit, refuse empty required parts.
+                allow_empty_parts: tuple[str, ...] | list[str] = (), *, complete: bool = False) -> LoadPolicy:
+    """The MODEL.WEIGHTS policy: report what does not fit, refuse empty required parts
+    (``complete``: refuse weights that leave any model key unfilled, before logging anything).
 
     Raises:
         ValueError: ``allow_empty_parts`` names a part that is not in ``required_parts``.
@@ -75,7 +79,17 @@ def init_policy(required_parts: Mapping[str, str] | None = None,
     if unknown:
         raise ValueError(f"MODEL.WEIGHTS_ALLOW_EMPTY_PARTS names {unknown}, which this model does not have; "
                          f"its parts are {sorted(required)}")
-    return LoadPolicy("init", strict=False, required_parts=required, allow_empty_parts=tuple(allow_empty_parts))
+    return LoadPolicy("init", strict=False, required_parts=required, allow_empty_parts=tuple(allow_empty_parts),
+                      complete=complete)
+
+
+class IncompleteWeightsError(CheckpointError):
+    """Weights that leave model keys unfilled under a ``complete`` policy: ``missing`` keys and
+    ``shape_mismatched`` ``(key, file shape, model shape)`` items; nothing was loaded or logged."""
+
+    def __init__(self, message: str, missing: list[str], shape_mismatched: list[tuple[str, tuple, tuple]]):
+        super().__init__(message)
+        self.missing, self.shape_mismatched = missing, shape_mismatched
 
 
 @dataclass
@@ -187,7 +201,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, policy: LoadPolicy, 
     """
     source = os.fspath(path)
     if raw is None:
-        if not os.path.isfile(source):
+        if not os.path.exists(source):  # a directory is named as such by load_raw
             raise FileNotFoundError(f"weights file not found: {source!r}")
         raw = load_raw(source)
     weights = (transform or default_weights_transform)(raw, source)
@@ -221,6 +235,11 @@ def apply_weights(model: nn.Module, weights: WeightsForModel, policy: LoadPolicy
 
 def _enforce(policy: LoadPolicy, weights: WeightsForModel, report: ModelLoadReport) -> None:
     src = report.source
+    if policy.complete and (report.missing or report.shape_mismatched):
+        raise IncompleteWeightsError(
+            f"{src} does not fill this model ({len(report.missing)} keys missing: {_names(report.missing)}; "
+            f"{len(report.shape_mismatched)} of another shape: {_shapes(report.shape_mismatched)})",
+            report.missing, report.shape_mismatched)
     if policy.strict:
         problems = []
         if report.shape_mismatched:

@@ -11,6 +11,10 @@ Examples::
     gn-det-convert resnet50-0676ba61.pth --norm gn+ws --output r50_gnws.pth
     gn-det-convert R-50.pkl --norm gn --calib-data imagenet/val --calib-images 64 \
         --output r50_gn.pkl --output-format detectron2
+    gn-det-convert model_final.pth --config-file config.yaml --output-format detectron2
+
+A whole detector (gn_det, detectron2 or Detectron/Caffe2 Mask R-CNN) is converted as it is, names
+and class rows, by :mod:`gn_det.cli.convert_detector`.
 
 User errors (missing or corrupt file, shape mismatch, wrong stride placement, bad group count)
 print one line and exit with code 2.
@@ -28,14 +32,16 @@ from typing import Sequence
 
 import torch
 
-from ..checkpoint.formats import (FORMATS, OUTPUT_FORMATS, Checkpoint, check_output_format, make_meta,
-                                  read_checkpoint, write_checkpoint)
+from ..checkpoint.formats import (FORMATS, OUTPUT_FORMATS, WS_FOLDING_FORMATS, Checkpoint, check_output_format,
+                                  load_raw, make_meta, read_checkpoint, write_checkpoint)
 from ..checkpoint.io import CheckpointError, atomic_write_text
 from ..checkpoint.loading import load_into_model
 from ..convert.surgery import convert_model
 from ..convert.resnet_arch import RESNET_ARCHS, build_resnet_for_arch, infer_resnet_arch
-from ..layers.norm import parse_norm
+from ..layers.norm import GROUP_POLICIES, parse_norm
 from ..layers.ws_conv import fold_ws
+from ..modeling.mask_rcnn import is_detector_checkpoint
+from .convert_detector import convert_detector
 
 __all__ = ["main", "build_parser"]
 
@@ -52,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm", default="gn+ws",
                    help="target norm: gn, gn+ws, ln, in, frozenbn ... (default gn+ws)")
     p.add_argument("--num-groups", type=int, default=32, help="GN groups (default 32)")
+    p.add_argument("--group-policy", default="strict", choices=GROUP_POLICIES,
+                   help="GN groups when --num-groups does not divide a layer's channels: strict refuses, "
+                        "divisor takes the largest count dividing it, channels_per_group fixes the group size")
+    p.add_argument("--channels-per-group", type=int, metavar="N",
+                   help="GN channels per group (with --group-policy channels_per_group, or strict)")
     p.add_argument("--calib-data", metavar="DIR", help="folder of images for GN calibration (optional)")
     p.add_argument("--calib-images", type=int, default=64, metavar="N", help="calibration images (default 64)")
     p.add_argument("--calib-size", type=int, default=224, help="calibration crop size (default 224)")
@@ -61,11 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the initial value of model tensors the checkpoint lacks instead of failing")
     p.add_argument("--stride-in-1x1", default="auto", choices=("auto", "true", "false"),
                    help="where the checkpoint's bottlenecks put their stride (default: from the file)")
+    p.add_argument("--config-file", metavar="FILE",
+                   help="whole detectors only: the config the detector was trained with (default: the "
+                        "config.yaml beside the input)")
     return p
 
 
 def _default_output(args: argparse.Namespace, norm_label: str) -> Path:
-    suffix = ".pkl" if args.output_format == "detectron2" else ".pth"
+    suffix = ".pkl" if args.output_format in ("detectron2", "caffe2") else ".pth"
     src = Path(args.input)
     return src.with_name(f"{src.stem}_{norm_label.lower().replace('+', '')}{suffix}")
 
@@ -95,7 +109,8 @@ def convert(args: argparse.Namespace) -> dict:
     if stride_in_1x1 is None:
         raise CheckpointError(f"{args.input} does not say where its stride is (1x1 or 3x3 conv); "
                               f"pass --stride-in-1x1 true or false")
-    target = parse_norm(args.norm, num_groups=args.num_groups)
+    target = parse_norm(args.norm, num_groups=args.num_groups, group_policy=args.group_policy,
+                        channels_per_group=args.channels_per_group)
     # fail before the slow steps (write_checkpoint checks again with the final meta)
     check_output_format(args.output_format, ws=target.ws, stride_in_1x1=bool(stride_in_1x1))
     timings["read"] = time.perf_counter() - t
@@ -128,9 +143,10 @@ def convert(args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     output = Path(args.output) if args.output else _default_output(args, str(target))
     meta = make_meta(ckpt.meta.get("source_format", "unknown"), target.name, ws=target.ws,
-                     stride_in_1x1=bool(stride_in_1x1), stride_source=ckpt.meta.get("stride_source", ""),
+                     ws_mode=target.ws_mode, stride_in_1x1=bool(stride_in_1x1),
+                     stride_source=ckpt.meta.get("stride_source", ""),
                      arch=arch, num_groups=target.num_groups, calibrated=calib_report is not None,
-                     source_file=str(args.input))
+                     source_file=str(args.input), input=ckpt.meta.get("input"))  # the source's input convention
     skipped = write_checkpoint(Checkpoint(model.state_dict(), meta), output, args.output_format)
     timings["write"] = time.perf_counter() - t
 
@@ -151,6 +167,9 @@ def convert(args: argparse.Namespace) -> dict:
         text += ["", calib_report.format_table()]
     if skipped:
         text.append(f"not written ({args.output_format} has no place for them): {', '.join(skipped)}")
+    if target.ws and args.output_format in WS_FOLDING_FORMATS:
+        text.append(f"{args.output_format} has no WS convs: WS is folded into the conv weights (exact at "
+                    f"inference); {args.output_format} will fine-tune them as plain convs")
     report_path = output.with_suffix(".report.json")
     atomic_write_text(json.dumps(report, indent=2, default=str), report_path)
     text += ["", f"wrote {output} ({args.output_format}) and {report_path}"]
@@ -160,12 +179,17 @@ def convert(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gn-det-convert`` / ``tools/convert_checkpoint.py``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.calib_images <= 0:
         print(f"{_PROG}: error: --calib-images must be positive, got {args.calib_images}", file=sys.stderr)
         return 2
     try:
-        convert(args)
+        raw = load_raw(args.input, args.source_format)
+        if is_detector_checkpoint(raw):  # a whole Mask R-CNN: names and rows, no norm conversion
+            convert_detector(args, raw, parser)
+        else:
+            convert(args)
     except (CheckpointError, ValueError, OSError) as e:  # user errors: one line, no traceback
         print(f"{_PROG}: error: {e}", file=sys.stderr)
         return 2

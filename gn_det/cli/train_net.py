@@ -8,33 +8,53 @@ detectron2's command line::
 ``--num-gpus N`` starts N local processes (one per GPU; on a machine without CUDA, N CPU
 processes joined with gloo). Under ``torchrun`` the process count comes from torchrun instead.
 ``--eval-only`` evaluates MODEL.WEIGHTS (or, with ``--resume``, the last checkpoint in
-OUTPUT_DIR) on DATASETS.TEST and writes ``OUTPUT_DIR/eval_results.json``. Mistakes in the command line or config (missing file, unknown key,
-bad value, batch not divisible) print one ``error:`` line and exit with code 2.
+OUTPUT_DIR) on DATASETS.TEST and writes ``OUTPUT_DIR/eval_results.json``.
+
+A run that fails prints one ``gn-det-train: error:`` line naming the key, file or rank and what to
+do; the full traceback goes to ``OUTPUT_DIR/log.txt`` (``log.txt.rank<r>`` for other ranks) only.
+Exit codes:
+
+* 0: done;
+* 1: an unexpected error (a bug: please report it with the traceback from log.txt);
+* 2: a user error: command line, config (missing file, unknown key, bad value, batch not
+  divisible), input files (MODEL.WEIGHTS missing, a directory or unreadable), an OUTPUT_DIR that
+  cannot be written, machines started inconsistently or a rendezvous that timed out;
+* 3: training failed: non-finite loss, disk full, a rank of the job died, was killed or stopped
+  answering (after ``--dist-timeout``);
+* 130: interrupted (Ctrl-C).
+
+Multi-machine: ``--rendezvous-timeout`` and ``--dist-timeout`` (seconds; or the environment
+variables ``GN_DET_RENDEZVOUS_TIMEOUT`` and ``GN_DET_DIST_TIMEOUT``; default 1800 each) bound how
+long processes wait for each other at the start and in each collective.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import sys
+import tempfile
+from datetime import timedelta
 from typing import Sequence
 
 import torch
-import torch.multiprocessing as mp
 
 from .. import tasks  # noqa: F401  (registers the built-in tasks and the installed plugins' tasks)
 from ..checkpoint.io import CheckpointError
 from ..config import ConfigError, load_config
-from ..engine.launch import launch, torchrun_env
+from ..engine.launch import (DIST_TIMEOUT_ENV, RENDEZVOUS_TIMEOUT_ENV, RunFailure, describe_exception, launch,
+                             timeout_setting, torchrun_env)
+from ..engine.rank_failures import EXIT_TRAINING_FAILED, EXIT_USER_ERROR, exception_chain
 from ..engine.task import get_task
 
-__all__ = ["build_parser", "main", "setup_cfg"]
+__all__ = ["build_parser", "main", "setup_cfg", "describe_failure"]
 
 logger = logging.getLogger("gn_det.train_net")
-USER_ERROR = 2
-TRAINING_FAILED = 1
+USER_ERROR = EXIT_USER_ERROR  # 2
+TRAINING_FAILED = EXIT_TRAINING_FAILED  # 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dist-url", default="auto",
                         help="rendezvous URL of machine 0, tcp://host:port; 'auto' picks a free "
                              "local port (single machine only)")
+    parser.add_argument("--rendezvous-timeout", type=float, default=None, metavar="SECONDS",
+                        help=f"how long the processes wait for each other at the start (default: "
+                             f"${RENDEZVOUS_TIMEOUT_ENV}, else 1800)")
+    parser.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                        help=f"how long a rank waits in a collective for a rank that stopped answering "
+                             f"before the job ends (default: ${DIST_TIMEOUT_ENV}, else 1800)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides as KEY VALUE pairs, e.g. SOLVER.BASE_LR 0.01")
     return parser
@@ -86,35 +112,86 @@ def _worker(args: argparse.Namespace) -> None:
     """Runs in every process of the job."""
     from ..engine.checkpoint import Checkpointer
     from ..engine.setup import default_setup
+    from ..engine.replicas import check_replicas_agree
     from ..engine.trainer import Trainer, load_model_weights, resolve_device
 
+    cfg = default_setup(setup_cfg(args), args)
+    task = get_task(cfg.TASK)
+    if args.eval_only:
+        model = task.build_model(cfg).to(resolve_device(cfg.MODEL.DEVICE))
+        checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
+        path = checkpointer.get_checkpoint_file() if args.resume else None
+        if path:
+            checkpointer.load(path)  # strict, as --resume of training
+        elif cfg.MODEL.WEIGHTS:
+            load_model_weights(cfg, model, cfg.MODEL.WEIGHTS, task)
+        else:
+            raise ConfigError("--eval-only needs weights: set MODEL.WEIGHTS path/to/model.pth, or pass "
+                              f"--resume with a checkpoint in OUTPUT_DIR ({cfg.OUTPUT_DIR})")
+        results = Trainer.test(cfg, model, task)
+        _write_eval_results(cfg.OUTPUT_DIR, results)
+        return
+    trainer = Trainer(cfg, task)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+    check_replicas_agree(trainer.unwrapped_model)
+
+
+# ----------------------------------------------------------------------------- failures
+def describe_failure(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one line a user reads for an exception that ended a run (in any
+    process; the traceback goes to the log file)."""
+    if isinstance(exc, (ConfigError, CheckpointError, FileNotFoundError)):
+        return USER_ERROR, str(exc)
+    if isinstance(exc, FloatingPointError):
+        return TRAINING_FAILED, str(exc)
+    found = _file_system_failure(exc)
+    return found if found is not None else describe_exception(exc)
+
+
+def _file_system_failure(exc: BaseException) -> tuple[int, str] | None:
+    """A full disk or an unwritable file anywhere in the exception chain (libraries such as
+    torch.save wrap the OSError in an error of their own that does not say it)."""
+    chain = list(exception_chain(exc))
+    # The file being written: the OSError's, else the one the atomic writer names.
+    target = next((str(e.filename) for e in chain if isinstance(e, OSError) and e.filename), None) or next(
+        (str(e.target_file) for e in chain if getattr(e, "target_file", None)), None)
+    for e in chain:
+        if not isinstance(e, OSError):
+            continue
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            what = "No space left on device" if e.errno == errno.ENOSPC else "Disk quota exceeded"
+            where = target or "OUTPUT_DIR"
+            return TRAINING_FAILED, (f"{what} while writing {where}: free space on that disk (or set OUTPUT_DIR "
+                                     f"to a disk with room), then rerun with --resume; the files written before "
+                                     f"are intact")
+        if e.errno == errno.EROFS:
+            return USER_ERROR, (f"cannot write {target or 'OUTPUT_DIR'}: read-only file system; set OUTPUT_DIR "
+                                f"to a folder on a writable disk")
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return USER_ERROR, (f"permission denied: {target or e}; set OUTPUT_DIR to a folder you can write, "
+                                f"or fix the permissions of that file")
+    return None
+
+
+def _check_output_dir(path: str) -> None:
+    """Fail before any process starts when OUTPUT_DIR cannot be created or written to."""
     try:
-        cfg = default_setup(setup_cfg(args), args)
-        task = get_task(cfg.TASK)
-        if args.eval_only:
-            model = task.build_model(cfg).to(resolve_device(cfg.MODEL.DEVICE))
-            checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
-            path = checkpointer.get_checkpoint_file() if args.resume else None
-            if path:
-                checkpointer.load(path)  # strict, as --resume of training
-            elif cfg.MODEL.WEIGHTS:
-                load_model_weights(cfg, model, cfg.MODEL.WEIGHTS, task)
-            else:
-                raise ConfigError("--eval-only needs weights: set MODEL.WEIGHTS path/to/model.pth, or pass "
-                                  f"--resume with a checkpoint in OUTPUT_DIR ({cfg.OUTPUT_DIR})")
-            results = Trainer.test(cfg, model, task)
-            _write_eval_results(cfg.OUTPUT_DIR, results)
-            return
-        trainer = Trainer(cfg, task)
-        trainer.resume_or_load(resume=args.resume)
-        trainer.train()
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"gn-det-train: error: {e}", file=sys.stderr)
-        raise SystemExit(USER_ERROR) from None
-    except FloatingPointError as e:
-        logging.getLogger("gn_det").error("%s", e)
-        print(f"gn-det-train: error: {e}", file=sys.stderr)
-        raise SystemExit(TRAINING_FAILED) from None
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ConfigError(f"OUTPUT_DIR {path!r} is not writable ({e.strerror}); set OUTPUT_DIR to a folder "
+                          f"you can write") from None
+
+
+def _timeouts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[timedelta, timedelta]:
+    """(collective, rendezvous) timeouts from the flags or the environment."""
+    try:
+        return (timeout_setting(args.dist_timeout, DIST_TIMEOUT_ENV, "--dist-timeout"),
+                timeout_setting(args.rendezvous_timeout, RENDEZVOUS_TIMEOUT_ENV, "--rendezvous-timeout"))
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def _write_eval_results(output_dir: str, results: dict) -> None:
@@ -143,21 +220,25 @@ def _check_launch_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 on success). User errors exit with code 2."""
+    """Entry point; returns 0 on success. A failure prints one line and exits (SystemExit) with
+    the code the module documents: 2 for user errors, 3 when training failed, 1 for a bug."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
     _check_launch_args(parser, args)
+    dist_timeout, rendezvous_timeout = _timeouts(parser, args)
     try:
-        setup_cfg(args)
+        cfg = setup_cfg(args)
+        _check_output_dir(cfg.OUTPUT_DIR)
     except ConfigError as e:
         parser.exit(USER_ERROR, f"{parser.prog}: error: {e}\n")
     try:
         launch(_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
-    except mp.ProcessExitedException as e:
-        return e.exit_code if e.exit_code and e.exit_code > 0 else TRAINING_FAILED
+               dist_url=args.dist_url, args=(args,), timeout=dist_timeout, rendezvous_timeout=rendezvous_timeout,
+               describe_failure=describe_failure)
+    except RunFailure as e:
+        parser.exit(e.code, f"{parser.prog}: error: {e.message}\n")
     return 0
 
 

@@ -6,7 +6,14 @@ registers itself). :func:`load_config` reads ``TASK`` first (from the file, its 
 chain and the overrides), builds that task's defaults, then merges the YAML file and the
 ``KEY VALUE`` overrides on top, checking every key and value type on the way, so a typo is an
 error that names the key and suggests the closest existing ones instead of being silently
-ignored; a key of another task says which task it belongs to.
+ignored; a key of another task says which task it belongs to. Last, the task's ``check``
+refuses values its builders cannot honour (one :class:`ConfigError` naming key, value and what is
+supported), so nothing is built from a value that would be ignored.
+
+detectron2's own YAML files name no ``TASK``: a config file whose ``_BASE_`` chain names no TASK
+(and no ``TASK`` override) is read as detectron2 reads it, as a detection config whose keys left
+out take detectron2's defaults (the task's ``add_detectron2_defaults``), not gn_det's. Name
+``TASK: detection`` to start from gn_det's defaults instead.
 
 Tasks not registered yet are found through the ``gn_det_tasks`` entry points of the installed
 packages (:mod:`gn_det.utils.plugins`); this package names no task.
@@ -25,24 +32,72 @@ from yacs.config import _check_and_coerce_cfg_value_type
 from ..utils.plugins import entry_point_names, load_entry_point
 from .defaults import _C
 
-__all__ = ["CfgNode", "ConfigError", "get_cfg", "load_config", "merge_overrides", "peek_task",
-           "register_task_config", "SUPPORTED_VERSION"]
+__all__ = ["CfgNode", "ConfigError", "config_value", "get_cfg", "load_config", "merge_overrides", "peek_task",
+           "register_task_config", "refuse_unsupported", "SUPPORTED_VERSION"]
 
 SUPPORTED_VERSION = 2
 # task name -> function adding that task's keys (and defaults) to a config, in place
 _TASK_CONFIGS: dict[str, Callable[[CfgNode], None]] = {}
+# task name -> function refusing (ConfigError) values the task cannot honour, run after every merge
+_TASK_CHECKS: dict[str, Callable[..., None]] = {}
+# task name -> function setting detectron2's defaults where they differ from the task's (in place)
+_DETECTRON2_DEFAULT_HOOKS: dict[str, Callable[[CfgNode], None]] = {}
+_DETECTRON2_HINT = ("({key} is detectron2's default here: this config file names no TASK, so it is read as "
+                    "detectron2's, and keys it leaves out take detectron2's defaults; set {key}, or add "
+                    "TASK: detection to start from gn_det's defaults)")
 
 
 class ConfigError(ValueError):
-    """A user error in a config file or a command-line override (message says how to fix it)."""
+    """A user error in a config file or a command-line override (message says how to fix it).
+
+    Attributes:
+        keys: the config keys refused, when the error is about values (see :func:`refuse_unsupported`).
+    """
+
+    def __init__(self, message: str, keys: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.keys = list(keys)
 
 
-def register_task_config(task: str, add_config: Callable[[CfgNode], None]) -> None:
+def register_task_config(task: str, add_config: Callable[[CfgNode], None], *,
+                         check: Callable[..., None] | None = None,
+                         add_detectron2_defaults: Callable[[CfgNode], None] | None = None) -> None:
     """Declare the keys of ``task``: ``add_config(cfg)`` adds them to a config (in place).
 
     Called by :func:`gn_det.engine.task.register_task` for task classes with ``add_config``.
+
+    Args:
+        task: the TASK name.
+        add_config: adds the task's keys with gn_det's defaults.
+        check: ``check(cfg, detectron2_file=...)`` raises :class:`ConfigError` for a value the task
+            cannot honour; :func:`load_config` runs it on every config it returns, saying whether
+            the file was read as detectron2's (where a few keys mean something else).
+        add_detectron2_defaults: sets detectron2's defaults where they differ from gn_det's; applied
+            to config files that name no TASK (detectron2's own files), before they are merged.
     """
     _TASK_CONFIGS[task] = add_config
+    _TASK_CHECKS.pop(task, None)
+    _DETECTRON2_DEFAULT_HOOKS.pop(task, None)
+    if check is not None:
+        _TASK_CHECKS[task] = check
+    if add_detectron2_defaults is not None:
+        _DETECTRON2_DEFAULT_HOOKS[task] = add_detectron2_defaults
+
+
+def refuse_unsupported(problems: Iterable[str]) -> None:
+    """Raise one :class:`ConfigError` for the values a builder cannot honour, or return if none.
+
+    Args:
+        problems: one sentence per refused value, each ``"KEY = value: what is supported"``
+            (``"MODEL.ROI_HEADS.NAME = 'Res5ROIHeads': gn_det builds StandardROIHeads only"``).
+            The first is shown in full, the keys of the others after it, on one line.
+    """
+    problems = list(problems)
+    if not problems:
+        return
+    keys = [p.split(" = ", 1)[0] for p in problems]
+    more = "; also unsupported: " + ", ".join(keys[1:]) if len(problems) > 1 else ""
+    raise ConfigError(problems[0] + more, keys)
 
 
 def _task_config_hook(task: str) -> Callable[[CfgNode], None] | None:
@@ -58,7 +113,8 @@ def _task_config_hook(task: str) -> Callable[[CfgNode], None] | None:
         except (ImportError, AttributeError) as e:
             raise ConfigError(f"TASK {task!r}: cannot import {attr!r} from module {module!r} ({e})") from None
         if getattr(factory, "add_config", None) is not None:
-            _TASK_CONFIGS[task] = factory.add_config
+            register_task_config(task, factory.add_config, check=getattr(factory, "check_config", None),
+                                 add_detectron2_defaults=getattr(factory, "add_detectron2_defaults", None))
         return _TASK_CONFIGS.get(task)
     load_entry_point(task)  # an installed task registers itself (and its keys) on import
     return _TASK_CONFIGS.get(task)
@@ -101,23 +157,43 @@ def load_config(config_file: str | None = None, opts: Sequence[str] | None = Non
         freeze: freeze the result so later code cannot change it by accident.
         base: start from this config instead of :func:`get_cfg` (it is cloned, not modified).
 
+    A config file that names no TASK (neither in its ``_BASE_`` chain nor as an override) is a
+    detectron2 config: it starts from detectron2's defaults where they differ from gn_det's.
+
     Raises:
         ConfigError: missing or unreadable file, invalid YAML, unknown key (the message names it
-            and suggests the closest existing keys), or a value of the wrong type.
+            and suggests the closest existing keys), a value of the wrong type, or a value the
+            task cannot honour (named with what is supported).
     """
+    detectron2_file = False
     if base is not None:
         cfg = base.clone()
     else:
-        cfg = get_cfg(peek_task(config_file, opts))
+        task, named = _peek_task(config_file, opts)
+        cfg = get_cfg(task)
+        detectron2_file = bool(config_file) and not named and task in _DETECTRON2_DEFAULT_HOOKS
+        if detectron2_file:
+            _DETECTRON2_DEFAULT_HOOKS[task](cfg)
     cfg.defrost()
+    given: set[str] = set()
     if config_file:
-        _merge_file(cfg, config_file)
+        given |= _merge_file(cfg, config_file)
     if opts:
         merge_overrides(cfg, opts)
+        given |= set(list(opts)[0::2])
     if cfg.VERSION != SUPPORTED_VERSION:
         raise ConfigError(f"VERSION {cfg.VERSION}: only detectron2's config VERSION {SUPPORTED_VERSION} "
                           f"(its current key names) is understood; upgrade the file with detectron2's "
                           f"tools or rename its keys, then set VERSION: {SUPPORTED_VERSION}")
+    check = _TASK_CHECKS.get(cfg.TASK)
+    if check is not None:
+        try:
+            check(cfg, detectron2_file=detectron2_file)
+        except ConfigError as e:
+            if not detectron2_file or not e.keys or e.keys[0] in given:
+                raise
+            # the refused value is one the file did not write: say where it came from
+            raise ConfigError(f"{e} {_DETECTRON2_HINT.format(key=e.keys[0])}", e.keys) from None
     if freeze:
         cfg.freeze()
     return cfg
@@ -127,18 +203,24 @@ def peek_task(config_file: str | None = None, opts: Sequence[str] | None = None)
     """The TASK a config file (with its ``_BASE_`` chain) and overrides select, before any merge.
 
     The task's keys must exist before the file is merged, so TASK is read first: the last
-    ``TASK`` override wins, then the file, then the default ("detection").
+    ``TASK`` override wins, then the file, then the default ("detection", the task of
+    detectron2's configs, which name none).
     """
-    task = _C.TASK
+    return _peek_task(config_file, opts)[0]
+
+
+def _peek_task(config_file: str | None, opts: Sequence[str] | None) -> tuple[str, bool]:
+    """(TASK, whether the file chain or an override names it)."""
+    task, named = _C.TASK, False
     if config_file:
         loaded = _load_yaml(config_file)
         if isinstance(loaded, dict) and "TASK" in loaded:
-            task = str(loaded["TASK"])
+            task, named = str(loaded["TASK"]), True
     opts = list(opts or [])
     for key, value in zip(opts[0::2], opts[1::2]):
         if key == "TASK":
-            task = str(CfgNode._decode_cfg_value(value))
-    return task
+            task, named = str(CfgNode._decode_cfg_value(value)), True
+    return task, named
 
 
 def merge_overrides(cfg: CfgNode, opts: Sequence[str]) -> None:
@@ -178,14 +260,18 @@ def _load_yaml(config_file: str) -> Any:
     return loaded
 
 
-def _merge_file(cfg: CfgNode, config_file: str) -> None:
+def _merge_file(cfg: CfgNode, config_file: str) -> set[str]:
+    """Merge ``config_file`` (with its ``_BASE_`` chain) into ``cfg``; returns the keys it sets."""
     loaded = _load_yaml(config_file)
     if loaded is None:
-        return
+        return set()
     if not isinstance(loaded, dict):
         raise ConfigError(f"{config_file} must hold a mapping of config keys, got {type(loaded).__name__}")
+    given = set()
     for full_key, value in _flatten(loaded):
         _merge_value(cfg, full_key, value, f"config file {config_file}")
+        given.add(full_key)
+    return given
 
 
 def _flatten(d: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -198,7 +284,8 @@ def _flatten(d: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
             yield key, v
 
 
-def _get(cfg: CfgNode, full_key: str) -> Any:
+def config_value(cfg: CfgNode, full_key: str) -> Any:
+    """The value of ``full_key`` ("MODEL.RPN.NMS_THRESH") in ``cfg``."""
     node = cfg
     for part in full_key.split("."):
         node = node[part]
@@ -280,7 +367,7 @@ def _tasks_with_key(full_key: str, exclude: str) -> list[str]:
 
 
 def _type_message(cfg: CfgNode, key: str, value: Any, err: Exception, source: str) -> str:
-    default = _get(cfg, key)
+    default = config_value(cfg, key)
     return (f"Bad value for config key {key!r} (in {source}): got {value!r} "
             f"({type(value).__name__}), expected a {type(default).__name__} like the default "
             f"{default!r}. ({err})")

@@ -83,6 +83,9 @@ _C.SOLVER.WARMUP_ITERS = 1000
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
 _C.SOLVER.WARMUP_METHOD = "linear"
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
+# Keep only the newest K periodic checkpoints (0: keep all); model_final and the one
+# last_checkpoint names are never deleted (fvcore PeriodicCheckpointer's max_to_keep).
+_C.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
 _C.SOLVER.AMP = CN()
 _C.SOLVER.AMP.ENABLED = False
 _C.SOLVER.CLIP_GRADIENTS = CN()

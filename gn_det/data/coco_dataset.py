@@ -9,6 +9,9 @@ What it does, as COCO training code does it:
 - With ``filter_empty`` (training), images with no annotation or only crowd annotations are
   dropped, and the counts are logged: ``kept N of M images: X without annotations,
   Y with only crowd, Z bad``.
+- Annotations that cannot become a target are dropped and counted in the same summary, never
+  silently: zero-size boxes, boxes entirely outside their image (they would clamp to zero size),
+  and annotations whose ``image_id`` is not in the json's ``images`` (also named in a warning).
 - Bad input never crashes deep inside a worker: a bad annotation (checked up front), a
   missing or corrupt image (found on load) raises :class:`DatasetError` naming the json,
   the annotation id or the image file; with ``skip_bad`` the image is dropped and counted
@@ -69,13 +72,20 @@ class FilterStats:
     without_annotations: int = 0
     only_crowd: int = 0
     bad: int = 0
-    degenerate_boxes: int = 0  # annotations dropped, not images
+    # annotations dropped, not images
+    degenerate_boxes: int = 0
+    outside_boxes: int = 0
+    orphan_annotations: int = 0
 
-    def summary(self) -> str:
+    def summary(self, filter_empty: bool = True) -> str:
+        """``kept N of M images: ...; dropped ... annotations ...`` (one line)."""
+        images = (f"{self.without_annotations} without annotations, {self.only_crowd} with only crowd, "
+                  f"{self.bad} bad" if filter_empty else f"empty images kept, {self.bad} bad")
         return (
-            f"kept {self.kept} of {self.total} images: {self.without_annotations} without "
-            f"annotations, {self.only_crowd} with only crowd, {self.bad} bad; dropped "
-            f"{self.degenerate_boxes} annotations with a zero-width or zero-height box"
+            f"kept {self.kept} of {self.total} images: {images}; dropped "
+            f"{self.degenerate_boxes} annotations with a zero-width or zero-height box, "
+            f"{self.outside_boxes} with a box entirely outside its image, "
+            f"{self.orphan_annotations} whose image_id is not in the json's images"
         )
 
 
@@ -102,11 +112,24 @@ def contiguous_category_maps(categories: list[dict]) -> tuple[list[str], dict[in
     return [c["name"] for c in cats], {i + 1: int(c["id"]) for i, c in enumerate(cats)}
 
 
+def _is_finite_box(bbox) -> bool:
+    """A well-formed [x, y, w, h] of finite numbers."""
+    return (isinstance(bbox, (list, tuple)) and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox))
+
+
 def _is_degenerate_box(bbox) -> bool:
     """A well-formed, finite [x, y, w, h] box with zero (or negative) width or height."""
-    return (isinstance(bbox, (list, tuple)) and len(bbox) == 4
-            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
-            and (bbox[2] <= 0 or bbox[3] <= 0))
+    return _is_finite_box(bbox) and (bbox[2] <= 0 or bbox[3] <= 0)
+
+
+def _is_outside_image(bbox, width, height) -> bool:
+    """A well-formed box with no area inside a ``width`` x ``height`` image: clamped to the
+    image (as samples are), it has zero width or height."""
+    if not _is_finite_box(bbox) or not all(isinstance(v, (int, float)) for v in (width, height)):
+        return False
+    x, y, w, h = bbox
+    return min(x + w, width) <= max(x, 0) or min(y + h, height) <= max(y, 0)
 
 
 def _annotation_problem(ann: dict, image: dict, category_ids: set[int]) -> str | None:
@@ -215,18 +238,13 @@ class CocoDetectionDataset(Dataset):
         self._records = _PackedRecords(records)
         self._groups = np.array([0 if r["width"] >= r["height"] else 1 for r in records], np.int8)
         del coco, records  # the packed copy is all we keep
-        if filter_empty:
-            logger.info("%s: %s", self.name, self.stats.summary())
-        else:
-            logger.info(
-                "%s: kept %d of %d images (empty images kept): %d bad",
-                self.name, self.stats.kept, self.stats.total, self.stats.bad,
-            )
+        logger.info("%s: %s", self.name, self.stats.summary(filter_empty))
 
     # ------------------------------------------------------------------ index
     def _index(self, coco: COCO, filter_empty: bool) -> list[dict]:
         """One compact record per usable image; counts the others in ``self.stats``."""
         category_ids = set(self.category_id_to_label)
+        self._count_orphans(coco)
         records = []
         for image_id in sorted(coco.imgs):
             image = coco.imgs[image_id]
@@ -240,7 +258,9 @@ class CocoDetectionDataset(Dataset):
             # and count the annotation, as detectron2 does, rather than the image or the run.
             kept_anns = [a for a in anns if not _is_degenerate_box(a.get("bbox"))]
             self.stats.degenerate_boxes += len(anns) - len(kept_anns)
-            anns = kept_anns
+            # A box entirely outside the image would be clamped to zero size when loaded.
+            anns = [a for a in kept_anns if not _is_outside_image(a.get("bbox"), image["width"], image["height"])]
+            self.stats.outside_boxes += len(kept_anns) - len(anns)
             problem = next(
                 ((a, p) for a in anns if (p := _annotation_problem(a, image, category_ids))), None
             )
@@ -276,6 +296,18 @@ class CocoDetectionDataset(Dataset):
             )
         self.stats.kept = len(records)
         return records
+
+    def _count_orphans(self, coco: COCO) -> None:
+        """Count (and name in a warning) the annotations whose image_id is not in ``images``:
+        no image is loaded for them, so they are dropped."""
+        orphans = [a for a in coco.dataset["annotations"] if a.get("image_id") not in coco.imgs]
+        self.stats.orphan_annotations = len(orphans)
+        if orphans:
+            shown = ", ".join(f"{a.get('id')} (image_id {a.get('image_id')!r})" for a in orphans[:5])
+            more = f", ... ({len(orphans) - 5} more)" if len(orphans) > 5 else ""
+            logger.warning("%s: %d annotation(s) name an image_id that is not in the json's images and are "
+                           "not used: annotation id %s%s. Check that the json's images list is complete",
+                           self.json_file, len(orphans), shown, more)
 
     def _bad(self, message: str) -> None:
         if not self.skip_bad:

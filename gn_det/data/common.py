@@ -10,7 +10,9 @@ Conventions a task's dataset follows to use it:
   of workers.
 - A sample that cannot be used and should not stop the epoch is returned as a
   :class:`SkippedSample`; :class:`SkipBadSamples` drops it from its batch, counts it, logs its
-  name and keeps the list (``skipped``) so the task can write it to the output folder.
+  name and keeps the list (``skipped``); the trainer polls that list, tags each entry with its
+  iteration and writes the run's total to ``OUTPUT_DIR/skipped_samples.json``
+  (:mod:`gn_det.engine.skipped`).
 - Batches are lists of samples (:func:`list_collate`); models stack what they need.
 
 :func:`build_train_loader` and :func:`build_test_loader` put these together.

@@ -9,6 +9,8 @@ Modules (imported on use, so importing :mod:`gn_det.engine.task` stays light):
 - :mod:`~gn_det.engine.optimizer`, :mod:`~gn_det.engine.lr_scheduler`: SGD param groups, warmup +
   multi-step schedule (fvcore param schedulers);
 - :mod:`~gn_det.engine.checkpoint`: atomic checkpoints with RNG states, ``last_checkpoint``;
+- :mod:`~gn_det.engine.resume`, :mod:`~gn_det.engine.divergence`, :mod:`~gn_det.engine.skipped`: what
+  ``--resume`` does with a changed config, when a checkpoint counts as good, skipped-sample accounting;
 - :mod:`~gn_det.engine.hooks`, :mod:`~gn_det.engine.evaluate`: periodic checkpoint/eval/writers,
   the inference loop;
 - :mod:`~gn_det.engine.launch`: local spawn, torchrun and multi-machine process groups;

@@ -25,8 +25,10 @@ class ParamSchedulerLR(LRScheduler):
     """A torch LR scheduler driven by an fvcore :class:`ParamScheduler` multiplier.
 
     ``step()`` is called once per optimizer step; after ``k`` steps every group's lr is
-    ``base_lr * multiplier(k / max_iter)``. Only the step count is saved in ``state_dict``:
-    the schedule itself is rebuilt from the config.
+    ``base_lr * multiplier(k / max_iter)``. Only the step count matters on resume: the schedule
+    and the base lrs are those this scheduler was built with (the config the run is started
+    with), so a resumed run whose config changed BASE_LR, STEPS, MAX_ITER, warmup ... follows the
+    new schedule from the resume iteration on. (``base_lrs`` is saved too, for the record.)
     """
 
     def __init__(self, optimizer: Optimizer, multiplier: ParamScheduler, max_iter: int,
@@ -39,6 +41,16 @@ class ParamSchedulerLR(LRScheduler):
 
     def state_dict(self) -> dict:
         return {"base_lrs": self.base_lrs, "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue at the saved step count on *this* schedule: sets every group's lr (and
+        ``initial_lr``, which an optimizer state load may have overwritten) to its value there."""
+        self.last_epoch = int(state_dict["last_epoch"])
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["initial_lr"] = base_lr
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
 
     def get_lr(self) -> list[float]:
         factor = self._multiplier(min(self.last_epoch / self._max_iter, 1.0))

@@ -13,6 +13,10 @@ Optional parts a task may add (the engine checks for them):
 * ``add_config(cfg)`` (a static method): adds the task's own config keys and defaults. It is
   registered with the config (:func:`gn_det.config.register_task_config`), which calls it before
   a file is merged, so the task's keys are known and other tasks' keys stay out.
+* ``check_config(cfg, detectron2_file=False)`` (a static method): raises ``ConfigError`` for a
+  value the task cannot honour; run by :func:`gn_det.config.load_config` on every config it returns.
+* ``add_detectron2_defaults(cfg)`` (a static method): sets detectron2's defaults where they differ
+  from the task's; applied to config files that name no TASK (detectron2's own YAML files).
 * ``weight_parts(cfg) -> dict[str, str]``: the model parts MODEL.WEIGHTS must fill, as
   ``{part name: state-dict key prefix}``; a load that leaves one of them empty is refused
   unless MODEL.WEIGHTS_ALLOW_EMPTY_PARTS names it.
@@ -87,7 +91,9 @@ def register_task(name: str) -> Callable:
 
     def wrap(factory):
         TASK_REGISTRY[name] = factory
-        register_task_config(name, getattr(factory, "add_config", None) or _no_keys)
+        register_task_config(name, getattr(factory, "add_config", None) or _no_keys,
+                             check=getattr(factory, "check_config", None),
+                             add_detectron2_defaults=getattr(factory, "add_detectron2_defaults", None))
         return factory
 
     return wrap

@@ -6,6 +6,17 @@ groups, warmup + step lr schedule, a global batch (``SOLVER.IMS_PER_BATCH``) spl
 micro-batches per rank with gradient accumulation, optional AMP and gradient clipping,
 non-finite loss detection, checkpoints with exact resume, periodic evaluation and logging.
 
+Failures a user can act on (see the README's "When things go wrong"):
+
+* ``--resume`` with a changed config: each difference from the checkpoint's config is applied
+  from the resume iteration on, kept, or refused, in one log line each (:mod:`.resume`); the
+  lr schedule follows the run's SOLVER keys, so the non-finite-loss advice (lower BASE_LR,
+  then ``--resume``) works.
+* ``last_checkpoint`` only ever names a good checkpoint: finite weights, losses not exploding
+  (:mod:`.divergence`); SOLVER.CHECKPOINT_MAX_TO_KEEP bounds the periodic ones kept.
+* metrics.json and TensorBoard read as one run after a resume; temporary files a killed run
+  left are removed on start; skipped samples are counted and listed (:mod:`.skipped`).
+
 Batch arithmetic: ``micro-batch per rank = IMS_PER_BATCH / (world size * ACCUM_STEPS)``. Each
 micro-batch's loss is scaled by ``1 / ACCUM_STEPS`` and DDP synchronizes gradients only on
 the last micro-batch of a step, so one optimizer step sees the gradient of the mean loss over
@@ -34,11 +45,15 @@ from ..checkpoint.model_loading import ModelLoadReport, init_policy, load_weight
 from ..config import ConfigError
 from ..utils import comm
 from ..utils.events import ConsoleWriter, EventStorage, JSONWriter, TensorboardWriter
+from ..utils.io import atomic_write_text
 from . import hooks as hooks_mod
-from .checkpoint import Checkpointer, restore_rng_state
+from .checkpoint import Checkpointer, restore_rng_state, stored_config
+from .divergence import DivergenceWatch
 from .evaluate import evaluate_task
 from .lr_scheduler import build_lr_scheduler
 from .optimizer import build_optimizer
+from .resume import check_resume_config
+from .skipped import SkippedSampleLog
 from .task import Task, get_task
 
 __all__ = ["Trainer", "micro_batch_size", "resolve_device", "load_model_weights"]
@@ -142,8 +157,11 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=getattr(self.task, "find_unused_parameters", False))
         self.model: nn.Module = model
-        self.checkpointer = Checkpointer(self.unwrapped_model, cfg.OUTPUT_DIR, optimizer=self.optimizer,
-                                         scheduler=self.scheduler, scaler=self.scaler)
+        keep = cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP
+        if keep < 0:
+            raise ConfigError(f"SOLVER.CHECKPOINT_MAX_TO_KEEP must be >= 0 (0 keeps all), got {keep}")
+        self.checkpointer = Checkpointer(self.unwrapped_model, cfg.OUTPUT_DIR, max_to_keep=keep,
+                                         optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
         self.start_iter = 0
         self.iter = -1
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -152,11 +170,17 @@ class Trainer:
         self.storage: EventStorage | None = None
         self._rng_to_restore: dict | None = None
         self._data_iter: Iterator | None = None
+        self.divergence = DivergenceWatch()
+        self.skipped = SkippedSampleLog(cfg.OUTPUT_DIR, bool(cfg.DATALOADER.SKIP_BAD_SAMPLES))
         # The lr logged is that of the largest param group (the plain weights).
         self._lr_group = max(range(len(self.optimizer.param_groups)),
                              key=lambda i: len(self.optimizer.param_groups[i]["params"]))
         self.hooks: list[hooks_mod.HookBase] = []
         self.register_hooks(self.build_hooks())
+        removed = self.checkpointer.remove_stale_temporaries()
+        if removed:
+            logger.info("Removed %d temporary file(s) an interrupted run left in %s: %s", len(removed),
+                        cfg.OUTPUT_DIR, ", ".join(f"{n} ({b / 2**20:.1f} MiB)" for n, b in removed))
         logger.info("World size %d, %d image(s) per rank per micro-batch, %d micro-batch(es) per step, "
                     "%d images per step; device %s", self.world_size, self.micro_batch_size,
                     self.accum_steps, cfg.SOLVER.IMS_PER_BATCH, self.device)
@@ -178,11 +202,12 @@ class Trainer:
                                            hooks_mod.EvalHook(cfg.TEST.EVAL_PERIOD)]
         if comm.is_main_process():
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            # Writers open their files when training starts (start_iter is known by then).
+            # Writers open their files when training starts (start_iter is known by then); both
+            # drop what an earlier run wrote for iterations >= start_iter: the folder is one run.
             hooks.append(hooks_mod.PeriodicWriter(
                 lambda: [ConsoleWriter(self.max_iter),
                          JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), self.start_iter),
-                         TensorboardWriter(cfg.OUTPUT_DIR)], cfg.LOG_PERIOD))
+                         TensorboardWriter(cfg.OUTPUT_DIR, purge_step=self.start_iter)], cfg.LOG_PERIOD))
         return hooks
 
     def register_hooks(self, hooks: Iterable[hooks_mod.HookBase]) -> None:
@@ -193,40 +218,85 @@ class Trainer:
     # ---------------------------------------------------------------------- checkpoints
     def resume_or_load(self, resume: bool = True) -> None:
         """With ``resume`` and a ``last_checkpoint`` in OUTPUT_DIR: restore the full training state
-        and continue after its iteration. Otherwise start at 0 from MODEL.WEIGHTS (if set)."""
+        and continue after its iteration, under this run's config where it differs from the
+        checkpoint's (:func:`~gn_det.engine.resume.check_resume_config`: applied, kept or refused,
+        one log line each). Otherwise start at 0 from MODEL.WEIGHTS (if set).
+
+        Raises:
+            ConfigError: the config changes the model the checkpoint holds.
+            CheckpointError: the checkpoint cannot be read or does not fit the model.
+        """
         path = self.checkpointer.get_checkpoint_file() if resume else None
         if path is not None:
-            data = self.checkpointer.load(path)
-            self.start_iter = int(data["iteration"]) + 1
+            data = self.checkpointer.read(path)
+            start_iter = int(data["iteration"]) + 1
+            saved = stored_config(data)
+            try:
+                cfg, changes = check_resume_config(saved, self.cfg, path)
+            except ConfigError:
+                self._write_config(data.get("config"))  # config.yaml goes back to what the folder holds
+                raise
+            data = self.checkpointer.apply(data, path)
+            self.start_iter = start_iter
+            if saved is None:
+                logger.warning("%s stores no config: this run's config is used as is, unchecked", path)
+            for line in changes.log_lines(self.start_iter):
+                logger.info("--resume: %s", line)
+            if cfg is not self.cfg:
+                self.cfg = cfg
+                self._write_config(cfg.dump())
             states = data.get("rng_states") or []
             if len(states) == self.world_size:
                 self._rng_to_restore = states[comm.get_rank()]
             else:
                 logger.warning("%s was saved by %d processes, this run has %d: RNG states not restored, "
                                "the run will not continue exactly", path, len(states), self.world_size)
-            logger.info("Resuming from %s at iteration %d", path, self.start_iter)
+            logger.info("Resuming from %s at iteration %d; lr %.5g", path, self.start_iter,
+                        self.optimizer.param_groups[self._lr_group]["lr"])
+            self.skipped.resume(self.start_iter)
+            self.divergence.load_state_dict(data.get("divergence"))
             return
         if resume:
             logger.info("--resume: no checkpoint in %s, starting from iteration 0", self.cfg.OUTPUT_DIR)
         elif self.checkpointer.get_checkpoint_file() is not None:
             logger.warning("%s holds checkpoints of an earlier run; starting fresh (no --resume) overwrites "
-                           "them and appends to its metrics.json", self.cfg.OUTPUT_DIR)
+                           "them, and its metrics.json and TensorBoard records start again at iteration 0",
+                           self.cfg.OUTPUT_DIR)
         self.start_iter = 0
         if self.cfg.MODEL.WEIGHTS:
             load_model_weights(self.cfg, self.unwrapped_model, self.cfg.MODEL.WEIGHTS, self.task)
 
+    def _write_config(self, text: str | None) -> None:
+        """Rewrite OUTPUT_DIR/config.yaml (main process) so it says what runs."""
+        if text and comm.is_main_process():
+            atomic_write_text(text, os.path.join(self.cfg.OUTPUT_DIR, "config.yaml"))
+
     def save_checkpoint(self, name: str) -> str:
-        """Save the full training state as ``{OUTPUT_DIR}/{name}.pth`` (call on every rank)."""
+        """Save the full training state as ``{OUTPUT_DIR}/{name}.pth`` (call on every rank).
+
+        ``last_checkpoint`` points at it only if it is good (:mod:`gn_det.engine.divergence`);
+        otherwise a warning says why and which checkpoint stays the last good one.
+        """
+        problem = self.divergence.problem(self.unwrapped_model)
         # The config as run travels with the weights, so a later MODEL.WEIGHTS load knows the
         # facts the tensors alone cannot tell (the norm, WS, the stride placement).
-        return self.checkpointer.save(name, iteration=self.iter, config=self.cfg.dump())
+        path = self.checkpointer.save(name, iteration=self.iter, good=problem is None, config=self.cfg.dump(),
+                                      divergence=self.divergence.state_dict())
+        if problem is None:
+            self.divergence.accept(self.unwrapped_model)
+        elif comm.is_main_process():
+            logger.warning("%s is not a good checkpoint to resume from: %s. last_checkpoint still names %s",
+                           path, problem, self._last_good_checkpoint())
+        self.skipped.sync()
+        self.skipped.write()
+        return path
 
     def _last_good_checkpoint(self) -> str:
         try:
             path = self.checkpointer.get_checkpoint_file()
         except CheckpointError as e:
             return f"none usable ({e})"
-        return path if path else f"none yet (no checkpoint written in {self.cfg.OUTPUT_DIR})"
+        return path if path else f"none yet (no good checkpoint written in {self.cfg.OUTPUT_DIR})"
 
     # ---------------------------------------------------------------------------- train
     def _build_train_loader(self) -> Iterable:
@@ -244,12 +314,15 @@ class Trainer:
     def train(self) -> dict | None:
         """Run iterations ``start_iter .. MAX_ITER-1``; returns the last evaluation results."""
         logger.info("Starting training from iteration %d", self.start_iter)
-        self._data_iter = iter(self._build_train_loader())
+        loader = self._build_train_loader()
+        self.skipped.watch(loader)
+        self._data_iter = iter(loader)
         if self._rng_to_restore is not None:
             # After the loader is built, so the random stream continues where it was saved.
             restore_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
         self.model.train()
+        self.divergence.start(self.unwrapped_model)
         self.iter = self.start_iter - 1
         self.finished = False
         bar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
@@ -271,11 +344,28 @@ class Trainer:
                 bar.close()
                 for h in self.hooks:
                     h.after_train()
+                self._account_skipped()
         return self.last_eval_results
+
+    def _account_skipped(self) -> None:
+        """The final count of skipped samples: logged, and written to skipped_samples.json."""
+        # After a failure the other ranks may be gone: no collective then, and no error of
+        # this bookkeeping may hide the one that stopped training.
+        try:
+            self.skipped.sync(collective=self.finished)
+            self.skipped.write()
+        except Exception as e:
+            if self.finished:
+                raise
+            logger.warning("Could not write %s: %s", self.skipped.path, e)
+        if self.skipped.active and comm.is_main_process():
+            logger.info("%s", self.skipped.summary())
 
     def _next_batch(self) -> Any:
         try:
-            return next(self._data_iter)
+            batch = next(self._data_iter)
+            self.skipped.poll(self.iter)
+            return batch
         except StopIteration:
             raise RuntimeError(f"{type(self.task).__name__}'s train loader ended at iteration {self.iter}; "
                                f"build_train_loader must return an endless iterable") from None
@@ -320,7 +410,9 @@ class Trainer:
         lr = self.optimizer.param_groups[self._lr_group]["lr"]
         self.scheduler.step()
 
-        self.storage.put_scalars(total_loss=sum(scalars.values()), **scalars, lr=lr,
+        total = sum(scalars.values())
+        self.divergence.update(self.iter, total)
+        self.storage.put_scalars(total_loss=total, **scalars, lr=lr,
                                  time=time.perf_counter() - start, data_time=data_time)
         if grad_norm is not None:
             self.storage.put_scalar("grad_norm", grad_norm)
@@ -334,11 +426,17 @@ class Trainer:
 
     def _non_finite_message(self, loss_dict: dict[str, torch.Tensor]) -> str:
         values = ", ".join(f"{k}={v.item():.4g}" for k, v in loss_dict.items())
+        lr = self.cfg.SOLVER.BASE_LR
+        remedy = (f"a lower SOLVER.BASE_LR (e.g. {lr / 10:g} instead of {lr:g}), a longer SOLVER.WARMUP_ITERS or "
+                  f"SOLVER.CLIP_GRADIENTS.ENABLED True")
+        good = self._last_good_checkpoint()
+        if good.startswith("none"):
+            advice = f"Rerun with {remedy} (there is no good checkpoint to continue from)."
+        else:
+            advice = (f"Rerun the same command with --resume and {remedy}: it continues from that checkpoint "
+                      f"under the new SOLVER values.")
         return (f"Loss became non-finite at iteration {self.iter} (on at least one rank; here, mean over "
-                f"micro-batches: {values}). "
-                f"Training stopped. Last good checkpoint: {self._last_good_checkpoint()}. "
-                f"Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS, "
-                f"then rerun (add --resume to continue from that checkpoint).")
+                f"micro-batches: {values}). Training stopped. Last good checkpoint: {good}. {advice}")
 
     def _clip_gradients(self) -> float | None:
         clip = self.cfg.SOLVER.CLIP_GRADIENTS

@@ -22,7 +22,7 @@ from .norm import NormSpec, parse_norm
 from .ws_conv import WS_COUNTERPARTS
 
 __all__ = ["BATCH_NORM_TYPES", "NORM_TYPES", "WS_COUNTERPARTS", "is_norm", "batch_norm_channels",
-           "to_ws_conv", "standardize_conv_norm_pairs"]
+           "ws_counterpart", "to_ws_conv", "standardize_conv_norm_pairs"]
 
 # The BatchNorm family: BatchNorm1d/2d/3d, SyncBatchNorm, torchvision's and gn_det's FrozenBN.
 BATCH_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, TVFrozenBatchNorm2d, FrozenBatchNorm)
@@ -41,9 +41,30 @@ def batch_norm_channels(bn: nn.Module) -> int:
     return bn.num_features if hasattr(bn, "num_features") else bn.weight.numel()
 
 
+def ws_counterpart(conv: nn.Module) -> type[nn.Module] | None:
+    """The WS class that computes what ``conv`` computes, standardized; None if there is none.
+
+    Plain Conv2d/Conv3d, and subclasses that only change construction (torchvision's
+    ``Conv3DSimple``/``Conv3DNoTemporal``): no own ``forward``/``_conv_forward``, no child modules.
+    A subclass with its own forward (detectron2's Conv2d calling its ``.norm``) has none.
+    """
+    for plain, ws in WS_COUNTERPARTS.items():
+        if type(conv) is plain:
+            return ws
+        if (isinstance(conv, plain) and not isinstance(conv, tuple(WS_COUNTERPARTS.values()))
+                and type(conv).forward is plain.forward and type(conv)._conv_forward is plain._conv_forward
+                and next(conv.children(), None) is None):
+            return ws
+    return None
+
+
 def to_ws_conv(conv: nn.Module, ws_mode: str = "authors") -> nn.Module:
-    """The WS version of a plain Conv2d/Conv3d: same weights, keys, train mode and requires_grad."""
-    ws = WS_COUNTERPARTS[type(conv)].from_conv(conv, ws_mode=ws_mode)
+    """The WS version of a conv that has one (:func:`ws_counterpart`): same weights, keys, train mode
+    and requires_grad."""
+    cls = ws_counterpart(conv)
+    if cls is None:
+        raise TypeError(f"{type(conv).__name__} has no Weight-Standardized counterpart")
+    ws = cls.from_conv(conv, ws_mode=ws_mode)
     ws.train(conv.training)
     ws.weight.requires_grad_(conv.weight.requires_grad)
     if ws.bias is not None:

@@ -16,6 +16,23 @@ name           layer
 
 A "+WS" suffix ("GN+WS", "BN+WS") asks for Weight-Standardized convs in front of the
 norm; :func:`parse_norm` splits it off and :func:`create_conv` honours it.
+
+How GN picks its group count for C channels (``group_policy``, see :func:`group_count`):
+
+======================  ==================================================================
+policy                  groups
+======================  ==================================================================
+"strict" (default)      ``num_groups`` (or ``C // channels_per_group``), refused unless it
+                        divides C
+"divisor"               the largest count <= ``num_groups`` that divides C (C=24, G=32: 24;
+                        C=40: 20; C=45: 15)
+"channels_per_group"    ``C // channels_per_group`` when that divides; otherwise the group size
+                        that divides C closest to ``channels_per_group`` (ties: the smaller
+                        size, i.e. more groups); C=24 at 16 per group: 2 groups of 12
+======================  ==================================================================
+
+The non-strict policies exist for networks whose widths are not multiples of 32 (MobileNet,
+EfficientNet, RegNet, ShuffleNet, R(2+1)D ...); the converter's report lists every layer's groups.
 """
 
 from __future__ import annotations
@@ -29,10 +46,11 @@ from torch import nn
 from .frozen_bn import FrozenBatchNorm
 from .ws_conv import WS_COUNTERPARTS, get_ws_config
 
-__all__ = ["NormSpec", "NORM_NAMES", "parse_norm", "create_norm", "get_norm_layer", "create_conv",
-           "group_count"]
+__all__ = ["NormSpec", "NORM_NAMES", "GROUP_POLICIES", "parse_norm", "create_norm", "get_norm_layer",
+           "create_conv", "group_count"]
 
 NORM_NAMES = ("BN", "SyncBN", "FrozenBN", "GN", "LN", "IN", "")
+GROUP_POLICIES = ("strict", "divisor", "channels_per_group")
 _ALIASES = {"nnSyncBN": "SyncBN", "naiveSyncBN": "SyncBN", "none": "", "None": ""}
 _BATCHNORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
@@ -48,6 +66,8 @@ class NormSpec:
         channels_per_group: if set, GN uses C // channels_per_group groups instead.
         eps: the norm's eps (1e-5, as in the GN paper and BN).
         ws_mode: WS convention, see :mod:`gn_det.layers.ws_conv`.
+        group_policy: how GN's group count adapts to C, one of :data:`GROUP_POLICIES` (see the
+            module docstring); "channels_per_group" needs ``channels_per_group``.
     """
 
     name: str
@@ -56,6 +76,14 @@ class NormSpec:
     channels_per_group: int | None = None
     eps: float = 1e-5
     ws_mode: str = "authors"
+    group_policy: str = "strict"
+
+    def __post_init__(self) -> None:
+        if self.group_policy not in GROUP_POLICIES:
+            raise ValueError(f"Unknown group policy {self.group_policy!r}; choose one of {GROUP_POLICIES}")
+        if self.group_policy == "channels_per_group" and (self.channels_per_group or 0) <= 0:
+            raise ValueError(f"group policy 'channels_per_group' needs a positive channels_per_group "
+                             f"(e.g. 16), got {self.channels_per_group}")
 
     def __str__(self) -> str:
         return self.name + ("+WS" if self.ws else "")
@@ -64,8 +92,8 @@ class NormSpec:
 def parse_norm(norm: str | NormSpec, **overrides) -> NormSpec:
     """Turn "GN", "GN+WS", "FrozenBN", "" ... into a :class:`NormSpec`.
 
-    Keyword overrides (``num_groups``, ``channels_per_group``, ``eps``, ``ws_mode``) are
-    applied on top. An unknown name raises ValueError listing the valid ones.
+    Keyword overrides (``num_groups``, ``channels_per_group``, ``eps``, ``ws_mode``,
+    ``group_policy``) are applied on top. An unknown name raises ValueError listing the valid ones.
     """
     if isinstance(norm, NormSpec):
         return replace(norm, **overrides) if overrides else norm
@@ -87,22 +115,34 @@ def parse_norm(norm: str | NormSpec, **overrides) -> NormSpec:
 
 
 def group_count(spec: NormSpec, num_channels: int, layer_name: str = "") -> int:
-    """Number of GN groups for ``num_channels``; refuses a split that does not divide."""
+    """Number of GN groups for ``num_channels`` under ``spec.group_policy`` (module docstring).
+
+    Raises:
+        ValueError: strict policy and a split that does not divide (the message names the layer).
+    """
     where = f" for layer {layer_name!r}" if layer_name else ""
     if spec.name == "LN":
         return 1
     if spec.name == "IN":
         return num_channels
+    if spec.group_policy == "divisor":
+        if spec.num_groups <= 0:
+            raise ValueError(f"GroupNorm{where}: num_groups must be positive, got {spec.num_groups}")
+        return max(g for g in range(1, min(spec.num_groups, num_channels) + 1) if num_channels % g == 0)
+    if spec.group_policy == "channels_per_group":
+        sizes = [d for d in range(1, num_channels + 1) if num_channels % d == 0]
+        size = min(sizes, key=lambda d: (abs(d - spec.channels_per_group), d))
+        return num_channels // size
     if spec.channels_per_group is not None:
         if spec.channels_per_group <= 0 or num_channels % spec.channels_per_group:
             raise ValueError(f"GroupNorm{where}: {num_channels} channels cannot be split into groups of "
                              f"{spec.channels_per_group} channels; choose channels_per_group dividing "
-                             f"{num_channels}")
+                             f"{num_channels}, or a non-strict group policy")
         return num_channels // spec.channels_per_group
     if spec.num_groups <= 0 or num_channels % spec.num_groups:
         raise ValueError(f"GroupNorm{where}: {num_channels} channels are not divisible by "
-                         f"{spec.num_groups} groups; choose num_groups dividing {num_channels} "
-                         f"or set channels_per_group")
+                         f"{spec.num_groups} groups; choose num_groups dividing {num_channels}, "
+                         f"set channels_per_group, or use group_policy 'divisor' or 'channels_per_group'")
     return spec.num_groups
 
 

@@ -19,27 +19,32 @@ loading path, through the detection task's :func:`mask_rcnn_weights_transform`, 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import paste_masks_in_image
-from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
+from gn_det.checkpoint.detectron2_detector import (find_caffe2_detector, find_detectron2_detector, from_caffe2,
+                                                   from_detectron2)
 from gn_det.checkpoint.formats import parse_checkpoint
 from gn_det.checkpoint.loading import resnet_weights_for
 from gn_det.checkpoint.model_loading import WeightsForModel
-from gn_det.config import ConfigError
+from gn_det.config import ConfigError, config_value, refuse_unsupported
 from gn_det.modeling.classifier import classifier_resnet_checkpoint
-from gn_det.modeling.backbone.fpn import build_resnet_fpn_backbone, fpn_feature_names
-from gn_det.modeling.roi_heads import build_box_head, build_mask_head, build_roi_pooler
+from gn_det.modeling.backbone.fpn import FPN_IN_FEATURES, build_resnet_fpn_backbone
+from gn_det.modeling.cfg_norm import norm_from_cfg
+from gn_det.modeling.detector_weights import detector_layout, mask_rcnn_to_detectron2, whole_detector_weights
+from gn_det.modeling.roi_heads import BOX_HEAD_NAMES, POOLER_TYPES, build_box_head, build_mask_branch, build_roi_heads
+from gn_det.modeling.rpn import ANCHOR_GENERATOR_NAMES, build_anchor_generator, build_rpn, matcher_thresholds
 
-__all__ = ["GNMaskRCNN", "NormalizeAndBatch", "build_mask_rcnn", "mask_rcnn_weights_transform", "to_original_size"]
+__all__ = ["GNMaskRCNN", "NormalizeAndBatch", "FeatureLevel", "build_mask_rcnn", "check_mask_rcnn_config",
+           "fpn_levels", "mask_rcnn_weights_transform", "to_original_size",
+           "is_detector_checkpoint", "detector_layout", "mask_rcnn_to_detectron2"]
 
 logger = logging.getLogger(__name__)
 _MASK_THRESHOLD = 0.5
@@ -81,7 +86,14 @@ class NormalizeAndBatch(GeneralizedRCNNTransform):
 
 
 class GNMaskRCNN(MaskRCNN):
-    """torchvision's MaskRCNN taking gn_det's batch format (see the module docstring)."""
+    """torchvision's MaskRCNN taking gn_det's batch format (see the module docstring).
+
+    Built from its parts (:func:`build_mask_rcnn` makes them from the config), not from
+    torchvision's defaults: ``GNMaskRCNN(backbone, rpn, roi_heads, transform)``.
+    """
+
+    def __init__(self, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module, transform: nn.Module) -> None:
+        GeneralizedRCNN.__init__(self, backbone, rpn, roi_heads, transform)  # skips MaskRCNN's default parts
 
     def forward(self, batch: Sequence[Mapping[str, Any]]):  # type: ignore[override]
         if not isinstance(batch, (list, tuple)) or not all(isinstance(d, Mapping) for d in batch):
@@ -140,91 +152,197 @@ def to_original_size(det: dict[str, torch.Tensor], input_size: tuple[int, int],
     return out
 
 
-def _anchor_generator(cfg, num_levels: int) -> AnchorGenerator:
-    a = cfg.MODEL.ANCHOR_GENERATOR
-    sizes, ratios = [tuple(s) for s in a.SIZES], [tuple(r) for r in a.ASPECT_RATIOS]
-    # detectron2 convention: a single entry applies to every level.
-    sizes = sizes * num_levels if len(sizes) == 1 else sizes
-    ratios = ratios * num_levels if len(ratios) == 1 else ratios
-    if len(sizes) != num_levels or len(ratios) != num_levels:
-        raise ValueError(f"MODEL.ANCHOR_GENERATOR: the FPN gives {num_levels} levels (OUT_FEATURES + 'pool'), "
-                         f"but SIZES has {len(sizes)} and ASPECT_RATIOS {len(ratios)} entries; give one entry "
-                         f"per level or a single entry for all")
-    if len({len(s) * len(r) for s, r in zip(sizes, ratios)}) != 1:
-        raise ValueError("MODEL.ANCHOR_GENERATOR: every level needs the same number of anchors "
-                         "(len(SIZES[i]) * len(ASPECT_RATIOS[i])), as the shared RPN head predicts a fixed count")
-    return AnchorGenerator(tuple(sizes), tuple(ratios))
+@dataclass(frozen=True)
+class FeatureLevel:
+    """One output map of the FPN: detectron2's ``name`` ("p2", ...), the ``key`` of gn_det's
+    feature dict ("0", "1", ..., "pool") and its ``stride``."""
+
+    name: str
+    key: str
+    stride: int
 
 
-def _rpn_head(cfg, in_channels: int, num_anchors: int) -> RPNHead:
-    dims = list(cfg.MODEL.RPN.CONV_DIMS)
-    if not dims or any(d not in (-1, in_channels) for d in dims):
-        raise ValueError(f"MODEL.RPN.CONV_DIMS = {dims}: torchvision's RPN head keeps the input width, so each "
-                         f"entry must be -1 (or {in_channels}); the number of entries is the number of convs")
-    return RPNHead(in_channels, num_anchors, conv_depth=len(dims))
+def fpn_levels(cfg) -> list[FeatureLevel]:
+    """The FPN's outputs, finest first: p<k> for each stage res<k> of MODEL.RESNETS.OUT_FEATURES,
+    then the max-pooled extra level (p6 after res5), as detectron2's ``build_resnet_fpn_backbone``."""
+    stages = [int(f[len("res"):]) for f in cfg.MODEL.RESNETS.OUT_FEATURES]
+    levels = [FeatureLevel(f"p{k}", str(i), 2 ** k) for i, k in enumerate(stages)]
+    return levels + [FeatureLevel(f"p{stages[-1] + 1}", "pool", 2 ** (stages[-1] + 1))]
+
+
+def _roi_levels(cfg, levels: list[FeatureLevel]) -> list[FeatureLevel]:
+    """The levels MODEL.ROI_HEADS.IN_FEATURES names ([]: all but the extra max-pooled one)."""
+    names = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+    by_name = {level.name: level for level in levels}
+    return [by_name[n] for n in names] if names else levels[:-1]
+
+
+def _only(cfg, key: str, allowed: Sequence[Any], supported: str) -> list[str]:
+    value = config_value(cfg, key)
+    return [] if value in allowed else [f"{key} = {value!r}: {supported}"]
+
+
+# (key, the values gn_det builds, what gn_det supports): detectron2 keys whose other values name
+# parts gn_det does not have.
+_ONE_OF = (
+    ("MODEL.META_ARCHITECTURE", META_ARCHITECTURES,
+     "the detection task builds GeneralizedRCNN (Mask R-CNN; Faster R-CNN with MODEL.MASK_ON False) only"),
+    ("MODEL.BACKBONE.NAME", ("build_resnet_fpn_backbone",), "only the ResNet-FPN backbone is available (no C4/DC5)"),
+    ("MODEL.LOAD_PROPOSALS", (False,), "proposals come from the RPN; precomputed proposal files are not read"),
+    ("MODEL.KEYPOINT_ON", (False,), "gn_det has no keypoint head"),
+    ("MODEL.PROPOSAL_GENERATOR.NAME", ("RPN",), "the proposal generator is the RPN (no RRPN)"),
+    ("MODEL.PROPOSAL_GENERATOR.MIN_SIZE", (0,), "proposals of any size above 0 are kept (torchvision's RPN)"),
+    ("MODEL.ANCHOR_GENERATOR.NAME", tuple(ANCHOR_GENERATOR_NAMES),
+     f"gn_det builds {' or '.join(ANCHOR_GENERATOR_NAMES)} (no rotated anchors)"),
+    ("MODEL.ANCHOR_GENERATOR.OFFSET", (0.0,), "anchors are centred at offset 0 (detectron2's default)"),
+    ("MODEL.FPN.FUSE_TYPE", ("sum",), "the FPN sums its top-down and lateral maps ('sum')"),
+    ("MODEL.RESNETS.RES5_DILATION", (1,), "res5 is not dilated (1)"),
+    ("MODEL.RESNETS.STEM_OUT_CHANNELS", (64,), "the ResNet stem has 64 channels"),
+    ("MODEL.RPN.HEAD_NAME", ("StandardRPNHead",), "the RPN head is StandardRPNHead"),
+    ("MODEL.RPN.BOUNDARY_THRESH", (-1,), "anchors crossing the image border are kept (-1)"),
+    ("MODEL.RPN.BBOX_REG_LOSS_TYPE", ("smooth_l1",), "box losses are smooth L1 (with SMOOTH_L1_BETA)"),
+    ("MODEL.ROI_HEADS.NAME", ("StandardROIHeads",),
+     "gn_det builds StandardROIHeads (FPN); no Res5ROIHeads (C4) or CascadeROIHeads"),
+    ("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", (True,), "ground-truth boxes are always added to the proposals"),
+    ("MODEL.ROI_BOX_HEAD.NAME", BOX_HEAD_NAMES, f"the box head is {' or '.join(BOX_HEAD_NAMES)}"),
+    ("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", ("smooth_l1",), "box losses are smooth L1 (with SMOOTH_L1_BETA)"),
+    ("MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", (False,), "box regression is class-specific"),
+    ("MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES", (False,), "the RoI heads train on the proposals"),
+    ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", POOLER_TYPES, f"one of {list(POOLER_TYPES)}"),
+    ("MODEL.ROI_MASK_HEAD.NAME", ("MaskRCNNConvUpsampleHead",), "the mask head is MaskRCNNConvUpsampleHead"),
+    ("MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", (False,), "masks are predicted per class"),
+    ("MODEL.ROI_MASK_HEAD.POOLER_TYPE", POOLER_TYPES, f"one of {list(POOLER_TYPES)}"),
+    ("INPUT.FORMAT", INPUT_FORMATS, f"images are fed as {' or '.join(INPUT_FORMATS)}"),
+)
+_NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM")
+_STANDARD_RES2_CHANNELS = {18: 64, 34: 64}  # basic blocks; deeper ResNets: 256
+
+
+def _feature_problems(cfg) -> list[str]:
+    """MODEL.RESNETS.OUT_FEATURES, the IN_FEATURES keys (FPN, RPN, RoI heads) and the anchors per level."""
+    m = cfg.MODEL
+    out = list(m.RESNETS.OUT_FEATURES)
+    stages = [int(f[len("res"):]) for f in out if f in FPN_IN_FEATURES]
+    if len(stages) != len(out) or not out or stages != list(range(stages[0], stages[0] + len(stages))):
+        return [f"MODEL.RESNETS.OUT_FEATURES = {out}: the FPN reads a consecutive, increasing run of "
+                f"{list(FPN_IN_FEATURES)}"]
+    problems = []
+    if list(m.FPN.IN_FEATURES) not in ([], out):
+        problems.append(f"MODEL.FPN.IN_FEATURES = {list(m.FPN.IN_FEATURES)}: the FPN reads every ResNet output, so it "
+                        f"must equal MODEL.RESNETS.OUT_FEATURES {out} (or be [])")
+    names = [level.name for level in fpn_levels(cfg)]
+    if list(m.RPN.IN_FEATURES) not in ([], names):
+        problems.append(f"MODEL.RPN.IN_FEATURES = {list(m.RPN.IN_FEATURES)}: the RPN reads every FPN level, {names} "
+                        f"(or [])")
+    roi = list(m.ROI_HEADS.IN_FEATURES)
+    if roi and not any(roi == names[i:i + len(roi)] for i in range(len(names))):
+        problems.append(f"MODEL.ROI_HEADS.IN_FEATURES = {roi}: the RoI heads read a consecutive, increasing run of "
+                        f"the FPN levels {names} (or [] for {names[:-1]})")
+    try:
+        build_anchor_generator(cfg, len(names))
+    except ConfigError as e:
+        problems.append(str(e))
+    return problems
+
+
+def _value_problems(cfg) -> list[str]:
+    """Keys with a range of values: norms, widths, IoU thresholds, pixel statistics, anchors."""
+    m, problems = cfg.MODEL, []
+    for key in _NORM_KEYS:
+        try:
+            norm_from_cfg(cfg, config_value(cfg, key), key)
+        except ValueError as e:  # the message names key and value
+            problems.append(str(e))
+    res2 = _STANDARD_RES2_CHANNELS.get(int(m.RESNETS.DEPTH), 256)
+    if int(m.RESNETS.RES2_OUT_CHANNELS) not in (0, res2):
+        problems.append(f"MODEL.RESNETS.RES2_OUT_CHANNELS = {m.RESNETS.RES2_OUT_CHANNELS}: "
+                        f"a ResNet-{m.RESNETS.DEPTH}'s res2 has {res2} channels (0: the depth's own)")
+    if any(m.RESNETS.DEFORM_ON_PER_STAGE):
+        problems.append(f"MODEL.RESNETS.DEFORM_ON_PER_STAGE = {list(m.RESNETS.DEFORM_ON_PER_STAGE)}: gn_det has no "
+                        f"deformable convs; every stage must be False")
+    for key in ("MODEL.RPN", "MODEL.ROI_HEADS"):
+        node = config_value(cfg, key)
+        try:
+            matcher_thresholds(key, node.IOU_THRESHOLDS, node.IOU_LABELS)
+        except ConfigError as e:
+            problems.append(str(e))
+    for key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):
+        value = list(config_value(cfg, key))
+        if len(value) != 3 or (key.endswith("STD") and min(value) <= 0):
+            problems.append(f"{key} = {value}: three values (one per colour channel, in INPUT.FORMAT's order, "
+                            f"0-255 scale){', all > 0' if key.endswith('STD') else ''}")
+    if m.MASK_ON and int(m.ROI_MASK_HEAD.NUM_CONV) < 1:
+        problems.append(f"MODEL.ROI_MASK_HEAD.NUM_CONV = {m.ROI_MASK_HEAD.NUM_CONV}: the mask head has at least "
+                        f"one conv")
+    return problems
+
+
+def check_mask_rcnn_config(cfg) -> None:
+    """Refuse the config values :func:`build_mask_rcnn` cannot honour, before anything is built.
+
+    Every key detectron2's FPN Mask R-CNN configs set is either honoured or refused here: another
+    meta-architecture, backbone, RoI heads (C4 ``Res5ROIHeads``, ``CascadeROIHeads``), deformable
+    convs, keypoints, precomputed proposals, class-agnostic heads, IN_FEATURES other than the FPN's
+    levels, unknown norms, ...
+
+    Raises:
+        ConfigError: one line naming the first refused key, its value and what gn_det supports
+            (then the other refused keys).
+    """
+    problems = [p for key, allowed, supported in _ONE_OF for p in _only(cfg, key, allowed, supported)]
+    refuse_unsupported(problems + _feature_problems(cfg) + _value_problems(cfg))
 
 
 def build_mask_rcnn(cfg) -> GNMaskRCNN:
     """Constructs Mask R-CNN (or Faster R-CNN with MODEL.MASK_ON False) from the config.
 
-    Reads the backbone keys (see :func:`build_resnet_fpn_backbone`), MODEL.ANCHOR_GENERATOR,
-    MODEL.RPN.*, MODEL.ROI_HEADS.* (NUM_CLASSES excludes the background, as in detectron2),
-    MODEL.ROI_BOX_HEAD.*, MODEL.ROI_MASK_HEAD.*, TEST.DETECTIONS_PER_IMAGE, INPUT.FORMAT and
-    MODEL.PIXEL_MEAN/STD (in INPUT.FORMAT's channel order, 0-255). MODEL.META_ARCHITECTURE and
-    MODEL.BACKBONE.NAME must name what is built (detectron2's values are accepted).
+    Reads the backbone keys (see :func:`build_resnet_fpn_backbone`), MODEL.ANCHOR_GENERATOR and
+    MODEL.RPN (see :func:`gn_det.modeling.rpn.build_rpn`), MODEL.ROI_HEADS, ROI_BOX_HEAD and
+    ROI_MASK_HEAD (see :func:`gn_det.modeling.roi_heads.build_roi_heads`; NUM_CLASSES excludes the
+    background, as in detectron2), TEST.DETECTIONS_PER_IMAGE, INPUT.FORMAT and MODEL.PIXEL_MEAN/STD
+    (in INPUT.FORMAT's channel order, 0-255). The FPN, the RPN and the RoI heads read the levels
+    the IN_FEATURES keys name, with detectron2's names (p2 ... p6 from res2 ... res5).
 
     MODEL.WEIGHTS is not loaded here: the engine loads it once (see
     :func:`mask_rcnn_weights_transform`), as the task contract in :mod:`gn_det.engine.task` says.
+
+    Raises:
+        ConfigError: a value gn_det cannot honour (see :func:`check_mask_rcnn_config`).
     """
-    if cfg.MODEL.META_ARCHITECTURE not in META_ARCHITECTURES:
-        raise ConfigError(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r}: the detection task builds "
-                         f"{' / '.join(META_ARCHITECTURES)} (Mask R-CNN, or Faster R-CNN with MODEL.MASK_ON "
-                         f"False) only")
-    if cfg.MODEL.BACKBONE.NAME != "build_resnet_fpn_backbone":
-        raise ConfigError(f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME!r}: only 'build_resnet_fpn_backbone' "
-                         f"(ResNet-FPN) is available")
+    check_mask_rcnn_config(cfg)
     backbone = build_resnet_fpn_backbone(cfg)
-    featmaps = fpn_feature_names(cfg)
-    ch = backbone.out_channels
-    anchors = _anchor_generator(cfg, len(featmaps) + 1)
-    box_head, box_dim = build_box_head(cfg, ch)
-    num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES) + 1
-    rpn, roi, bh, mh = cfg.MODEL.RPN, cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD, cfg.MODEL.ROI_MASK_HEAD
-    if cfg.MODEL.MASK_ON:
-        mask_head, mask_dim = build_mask_head(cfg, ch)
-        mask_parts = dict(mask_roi_pool=build_roi_pooler(featmaps, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO),
-                          mask_head=mask_head, mask_predictor=MaskRCNNPredictor(mask_dim, mask_dim, num_classes))
-    else:  # placeholders stop MaskRCNN from building default mask parts; removed below
-        mask_parts = dict(mask_head=nn.Identity(), mask_predictor=nn.Identity())
-    model = GNMaskRCNN(
-        backbone,
-        rpn_anchor_generator=anchors,
-        rpn_head=_rpn_head(cfg, ch, anchors.num_anchors_per_location()[0]),
-        rpn_pre_nms_top_n_train=int(rpn.PRE_NMS_TOPK_TRAIN), rpn_pre_nms_top_n_test=int(rpn.PRE_NMS_TOPK_TEST),
-        rpn_post_nms_top_n_train=int(rpn.POST_NMS_TOPK_TRAIN), rpn_post_nms_top_n_test=int(rpn.POST_NMS_TOPK_TEST),
-        rpn_nms_thresh=float(rpn.NMS_THRESH), rpn_batch_size_per_image=int(rpn.BATCH_SIZE_PER_IMAGE),
-        rpn_positive_fraction=float(rpn.POSITIVE_FRACTION),
-        box_roi_pool=build_roi_pooler(featmaps, bh.POOLER_RESOLUTION, bh.POOLER_SAMPLING_RATIO),
-        box_head=box_head, box_predictor=FastRCNNPredictor(box_dim, num_classes),
-        box_score_thresh=float(roi.SCORE_THRESH_TEST), box_nms_thresh=float(roi.NMS_THRESH_TEST),
-        box_detections_per_img=int(cfg.TEST.DETECTIONS_PER_IMAGE),
-        box_fg_iou_thresh=float(roi.IOU_THRESHOLD), box_bg_iou_thresh=float(roi.IOU_THRESHOLD),
-        box_batch_size_per_image=int(roi.BATCH_SIZE_PER_IMAGE), box_positive_fraction=float(roi.POSITIVE_FRACTION),
-        **mask_parts,
-    )
-    if not cfg.MODEL.MASK_ON:  # torchvision's RoIHeads runs no mask branch when these are None
-        model.roi_heads.mask_roi_pool = model.roi_heads.mask_head = model.roi_heads.mask_predictor = None
-    model.transform = NormalizeAndBatch(cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, input_format=cfg.INPUT.FORMAT)
-    return model
+    levels = fpn_levels(cfg)
+    pooled = _roi_levels(cfg, levels)
+    keys, strides = [level.key for level in pooled], [level.stride for level in pooled]
+    # Parts are made in this order (heads, RPN, box predictor) so a seed gives the initial weights
+    # earlier gn_det versions gave (the README's figures).
+    box_head, box_dim = build_box_head(cfg, backbone.out_channels)
+    mask_branch = build_mask_branch(cfg, backbone.out_channels, keys, strides)
+    rpn = build_rpn(cfg, backbone.out_channels, len(levels))
+    roi_heads = build_roi_heads(cfg, box_head, box_dim, mask_branch, keys, strides)
+    # Pad to the stride of the coarsest ResNet output, as detectron2's FPN (size_divisibility).
+    transform = NormalizeAndBatch(cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, size_divisible=levels[-2].stride,
+                                  input_format=cfg.INPUT.FORMAT)
+    return GNMaskRCNN(backbone, rpn, roi_heads, transform)
 
 
 def mask_rcnn_weights_transform(cfg, model: GNMaskRCNN, raw: Any, source: str) -> WeightsForModel:
     """Map the content of a MODEL.WEIGHTS file into Mask R-CNN's names (the detection task's
     ``weights_transform``; the file is read once, by :func:`gn_det.checkpoint.load_weights`).
 
-    - A detector checkpoint (a gn_det training checkpoint, or a state dict whose keys start with
-      ``backbone.``/``rpn.``/``roi_heads.``, e.g. torchvision's ``maskrcnn_resnet50_fpn``) is taken
-      as it is; what does not fit (another NUM_CLASSES) is reported by the loading policy.
+    - A detectron2 FPN Mask R-CNN (the model zoo's ``model_final.pkl``, or a
+      ``DetectionCheckpointer`` ``.pth``) or a Detectron (Caffe2) one (``{"blobs": ...}``, the GN
+      paper's models): every tensor renamed and, where the formats differ, its rows reordered
+      (class order, background rows, anchor order; see
+      :mod:`gn_det.checkpoint.detectron2_detector`); the ResNet goes through the same checks as
+      a ResNet checkpoint. Heads whose structure differs from the model's (another box head,
+      FPN norm, ...) are refused naming the config keys; another NUM_CLASSES leaves the
+      predictors to the loading policy, which reports them. The report lists what was mapped,
+      converted, dropped and left out, and the input convention the weights expect.
+    - A gn_det detector checkpoint (a gn_det training checkpoint, or a state dict whose keys
+      start with ``backbone.``/``rpn.``/``roi_heads.``, e.g. torchvision's
+      ``maskrcnn_resnet50_fpn``) is taken as it is; what does not fit (another NUM_CLASSES) is
+      reported by the loading policy.
     - Otherwise a ResNet checkpoint in any format the converter reads (torchvision, gn_det,
       detectron2, Detectron/Caffe2), or the ResNet of a gn_det classification checkpoint (the
       fine-tuned backbone of ``TASK classification``), goes into ``backbone.body.``, which it must
@@ -236,6 +354,14 @@ def mask_rcnn_weights_transform(cfg, model: GNMaskRCNN, raw: Any, source: str) -
         gn_det.checkpoint.CheckpointError: a content none of these, or weights that would load
             silently wrong.
     """
+    layout = detector_layout(model)
+    d2_state = find_detectron2_detector(raw)
+    if d2_state is not None:
+        return whole_detector_weights(cfg, model, from_detectron2(d2_state, **layout, source=source), raw, source)
+    blobs = find_caffe2_detector(raw)
+    if blobs is not None:
+        conversion = from_caffe2(blobs, **layout, source=source)
+        return whole_detector_weights(cfg, model, conversion, raw, source)
     detector_state = _detector_state_dict(raw)
     if detector_state is not None:
         return WeightsForModel(detector_state, notes=["detector checkpoint: loaded by name"])
@@ -246,6 +372,12 @@ def mask_rcnn_weights_transform(cfg, model: GNMaskRCNN, raw: Any, source: str) -
 
 
 _DETECTOR_PREFIXES = ("backbone.", "rpn.", "roi_heads.")
+
+
+def is_detector_checkpoint(raw: Any) -> bool:
+    """Whether a loaded file holds a whole detector (gn_det, detectron2 or Detectron/Caffe2), not
+    only a ResNet."""
+    return any(f(raw) is not None for f in (find_detectron2_detector, find_caffe2_detector, _detector_state_dict))
 
 
 def _detector_state_dict(data: Any) -> dict[str, torch.Tensor] | None:

@@ -21,7 +21,7 @@ import torch
 from fvcore.common.history_buffer import HistoryBuffer
 
 __all__ = ["EventStorage", "get_event_storage", "EventWriter", "JSONWriter", "TensorboardWriter",
-           "ConsoleWriter"]
+           "ConsoleWriter", "trim_metrics_file"]
 
 _CURRENT_STORAGE: list["EventStorage"] = []
 
@@ -98,18 +98,21 @@ class _NewScalarsWriter(EventWriter):
 
 
 class JSONWriter(_NewScalarsWriter):
-    """Appends one line per iteration to ``json_file``.
+    """Appends one line per iteration to ``json_file``, which reads as one run.
 
     Args:
-        json_file: the metrics.json path; a resumed run appends to it.
-        start_iter: lines of iterations >= ``start_iter`` (written by a run that crashed after
-            its last checkpoint) are dropped first, so the file reads as one uninterrupted run.
+        json_file: the metrics.json path.
+        start_iter: the iteration this run starts at. Records of iterations >= ``start_iter``
+            already in the file (written by a run that stopped after its last checkpoint, or by an
+            earlier run in the same folder) are dropped first, and a cut-off last line (a kill in
+            the middle of a write) is removed, so the file never holds an iteration twice.
+            ``None``: append as is.
     """
 
-    def __init__(self, json_file: str, start_iter: int = 0):
+    def __init__(self, json_file: str, start_iter: int | None = 0):
         super().__init__()
-        if start_iter > 0 and os.path.isfile(json_file):
-            _drop_lines_from(json_file, start_iter)
+        if start_iter is not None and os.path.isfile(json_file):
+            trim_metrics_file(json_file, start_iter)
         self._file = open(json_file, "a", encoding="utf-8")
 
     def write(self) -> None:
@@ -123,31 +126,60 @@ class JSONWriter(_NewScalarsWriter):
         self._file.close()
 
 
-def _drop_lines_from(json_file: str, start_iter: int) -> None:
+def trim_metrics_file(json_file: str, start_iter: int) -> tuple[int, bool]:
+    """Drop the records of iterations >= ``start_iter`` from a metrics.json, and a cut-off last
+    line (no newline and not valid JSON); rewrites the file atomically if anything changed.
+
+    Lines that are complete but cannot be read are kept (the file is the user's record).
+
+    Returns:
+        (records dropped, whether a cut-off last line was removed).
+    """
     from .io import atomic_write_text
 
-    with open(json_file, encoding="utf-8") as f:
+    with open(json_file, encoding="utf-8", errors="replace") as f:
         lines = f.readlines()
-    kept = []
-    for line in lines:
+    kept, dropped, cut = [], 0, False
+    for i, line in enumerate(lines):
         try:
-            if json.loads(line).get("iteration", -1) >= start_iter:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                cut = True
                 continue
-        except (json.JSONDecodeError, AttributeError):
-            pass  # keep what we cannot read rather than lose it
-        kept.append(line if line.endswith("\n") else line + "\n")
-    if len(kept) != len(lines):
-        atomic_write_text("".join(kept), json_file)
+        if isinstance(record, dict) and isinstance(record.get("iteration"), int) \
+                and record["iteration"] >= start_iter:
+            dropped += 1
+            continue
+        if line.strip():
+            kept.append(line if line.endswith("\n") else line + "\n")
+    text = "".join(kept)
+    if text != "".join(lines):
+        atomic_write_text(text, json_file)
+    if dropped or cut:
+        done = ([f"dropped {dropped} record(s) of iterations >= {start_iter}"] if dropped else []) + \
+            (["removed a cut-off last line"] if cut else [])
+        logging.getLogger(__name__).info("%s: %s, so it reads as one run continuing at iteration %d",
+                                         json_file, " and ".join(done), start_iter)
+    return dropped, cut
 
 
 class TensorboardWriter(_NewScalarsWriter):
-    """TensorBoard event files under ``log_dir`` (torch.utils.tensorboard)."""
+    """TensorBoard event files under ``log_dir`` (torch.utils.tensorboard).
 
-    def __init__(self, log_dir: str):
+    Args:
+        log_dir: the folder (OUTPUT_DIR).
+        purge_step: the iteration this run starts at: events of steps >= ``purge_step`` that
+            earlier event files in ``log_dir`` hold are hidden by TensorBoard (``SummaryWriter``'s
+            ``purge_step``), so a resumed run shows as one curve. ``None``: keep everything.
+    """
+
+    def __init__(self, log_dir: str, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
 
         super().__init__()
-        self._writer = SummaryWriter(log_dir)
+        self._writer = SummaryWriter(log_dir, purge_step=purge_step)
 
     def write(self) -> None:
         for it, scalars in self._new_by_iteration().items():

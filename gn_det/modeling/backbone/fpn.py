@@ -20,15 +20,10 @@ from gn_det.layers.norm import NormSpec, get_norm_layer
 from gn_det.modeling.backbone.resnet import ResNet, build_resnet_from_cfg
 from gn_det.modeling.cfg_norm import norm_from_cfg
 
-__all__ = ["ResNetFPN", "build_resnet_fpn_backbone", "fpn_feature_names", "FPN_IN_FEATURES"]
+__all__ = ["ResNetFPN", "build_resnet_fpn_backbone", "FPN_IN_FEATURES"]
 
 # The ResNet outputs an FPN level can read (the stem is not one, as in detectron2).
 FPN_IN_FEATURES = ("res2", "res3", "res4", "res5")
-
-
-def fpn_feature_names(cfg) -> list[str]:
-    """Names of the FPN levels the RoI poolers read ("0", "1", ...; the extra "pool" is RPN-only)."""
-    return [str(i) for i in range(len(cfg.MODEL.RESNETS.OUT_FEATURES))]
 
 
 class ResNetFPN(nn.Module):
