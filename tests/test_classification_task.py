@@ -121,7 +121,7 @@ def test_class_lists_and_num_classes_are_checked(folder, tmp_path):
     with pytest.raises(ValueError, match="has 3 classes but MODEL.CLASSIFIER.NUM_CLASSES is 2; set "
                                          "MODEL.CLASSIFIER.NUM_CLASSES 3"):
         build_classification_train_loader(_cfg(*opts, "DATASETS.TEST", "()", "MODEL.CLASSIFIER.NUM_CLASSES", "2"), 2)
-    with pytest.raises(KeyError, match="unknown classification dataset 'nope'.*DATASETS.REGISTER"):
+    with pytest.raises(ConfigError, match="unknown classification dataset 'nope'.*DATASETS.REGISTER"):
         build_classification_train_loader(_cfg("DATASETS.TRAIN", '("nope",)'), 2)
 
 

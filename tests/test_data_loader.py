@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gn_det.config import get_cfg
+from gn_det.config import ConfigError, get_cfg
 from gn_det.data import build as build_module
 from gn_det.data import catalog
 from gn_det.data.build import build_detection_test_loader, build_detection_train_loader, get_dataset_metadata
@@ -155,7 +155,8 @@ def test_crash_during_generation_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_unknown_and_missing_datasets_are_clear_errors(tmp_path, monkeypatch, varied_set):
     cfg = _cfg(varied_set)
     cfg.DATASETS.TRAIN = ("no_such_set",)
-    with pytest.raises(KeyError, match=r"unknown dataset 'no_such_set'; known datasets: \[.*'coco_2017_val'.*'varied'"):
+    with pytest.raises(ConfigError,
+                       match=r"unknown dataset 'no_such_set'; known datasets: \[.*'coco_2017_val'.*'varied'"):
         build_detection_train_loader(cfg, 2)
     monkeypatch.setenv("GN_DET_DATASETS", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"dataset .coco_2017_val.: .*instances_val2017.json.*Set GN_DET_DATASETS") as e:

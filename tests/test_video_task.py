@@ -46,7 +46,7 @@ def test_dataset_names_and_list_formats(tmp_path, monkeypatch):
     cfg = _cfg()
     train = video_list(cfg, "motion_test_train")
     assert len(train.records) == 12 and train.classes[:2] == ["growing", "moving down"]
-    with pytest.raises(KeyError, match="known: .*kinetics400_val.*motion_test_train"):
+    with pytest.raises(ConfigError, match="known: .*kinetics400_val.*motion_test_train"):
         video_list(cfg, "ucf101")
     with pytest.raises(ValueError, match=r"\[prefix, num_classes"):
         video_list(_cfg("DATASETS.SYNTHETIC", "[['m', 6, 2]]"), "m_train")

@@ -17,8 +17,9 @@ Exit codes:
 * 0: done;
 * 1: an unexpected error (a bug: please report it with the traceback from log.txt);
 * 2: a user error: command line, config (missing file, unknown key, bad value, batch not
-  divisible), input files (MODEL.WEIGHTS missing, a directory or unreadable), an OUTPUT_DIR that
-  cannot be written, machines started inconsistently or a rendezvous that timed out;
+  divisible, unknown dataset, NUM_CLASSES below the dataset's), input files (MODEL.WEIGHTS missing,
+  a directory or unreadable; a bad image, video or annotation without DATALOADER.SKIP_BAD_SAMPLES),
+  an OUTPUT_DIR that cannot be written, machines started inconsistently or a rendezvous that timed out;
 * 3: training failed: non-finite loss, disk full, a rank of the job died, was killed or stopped
   answering (after ``--dist-timeout``);
 * 130: interrupted (Ctrl-C).
@@ -141,12 +142,24 @@ def _worker(args: argparse.Namespace) -> None:
 def describe_failure(exc: BaseException) -> tuple[int, str]:
     """The exit code and the one line a user reads for an exception that ended a run (in any
     process; the traceback goes to the log file)."""
-    if isinstance(exc, (ConfigError, CheckpointError, FileNotFoundError)):
+    if isinstance(exc, (ConfigError, CheckpointError, FileNotFoundError) + _data_errors()):
         return USER_ERROR, str(exc)
     if isinstance(exc, FloatingPointError):
         return TRAINING_FAILED, str(exc)
     found = _file_system_failure(exc)
     return found if found is not None else describe_exception(exc)
+
+
+def _data_errors() -> tuple[type[BaseException], ...]:
+    """The errors naming a bad input file the user fixes (or skips with DATALOADER.SKIP_BAD_SAMPLES):
+    an unreadable image or video, a bad annotation or list file. Imported only when a run failed."""
+    from ..data.coco_dataset import DatasetError
+    from ..data.image_folder import ImageFolderError
+    from ..data.video.annotations import AnnotationError
+    from ..data.video.decode import VideoDecodeError
+    from ..utils.image_io import ImageReadError
+
+    return DatasetError, ImageFolderError, AnnotationError, VideoDecodeError, ImageReadError
 
 
 def _file_system_failure(exc: BaseException) -> tuple[int, str] | None:

@@ -6,9 +6,11 @@ registers itself). :func:`load_config` reads ``TASK`` first (from the file, its 
 chain and the overrides), builds that task's defaults, then merges the YAML file and the
 ``KEY VALUE`` overrides on top, checking every key and value type on the way, so a typo is an
 error that names the key and suggests the closest existing ones instead of being silently
-ignored; a key of another task says which task it belongs to. Last, the task's ``check``
-refuses values its builders cannot honour (one :class:`ConfigError` naming key, value and what is
-supported), so nothing is built from a value that would be ignored.
+ignored; a key of another task says which task it belongs to. Then the shared keys' values are
+checked (:func:`shared_value_problems`: SOLVER.MAX_ITER >= 1, ...; a ``_BASE_`` cycle is refused
+when the file is read). Last, the task's ``check`` refuses values its builders cannot honour
+(one :class:`ConfigError` naming key, value and what is supported), so nothing is built from a
+value that would be ignored.
 
 detectron2's own YAML files name no ``TASK``: a config file whose ``_BASE_`` chain names no TASK
 (and no ``TASK`` override) is read as detectron2 reads it, as a detection config whose keys left
@@ -22,7 +24,9 @@ packages (:mod:`gn_det.utils.plugins`); this package names no task.
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import re
 from typing import Any, Callable, Iterable, Sequence
 
 import yaml
@@ -33,7 +37,7 @@ from ..utils.plugins import entry_point_names, load_entry_point
 from .defaults import _C
 
 __all__ = ["CfgNode", "ConfigError", "config_value", "get_cfg", "load_config", "merge_overrides", "peek_task",
-           "register_task_config", "refuse_unsupported", "SUPPORTED_VERSION"]
+           "register_task_config", "refuse_unsupported", "shared_value_problems", "SUPPORTED_VERSION"]
 
 SUPPORTED_VERSION = 2
 # task name -> function adding that task's keys (and defaults) to a config, in place
@@ -186,6 +190,7 @@ def load_config(config_file: str | None = None, opts: Sequence[str] | None = Non
                           f"(its current key names) is understood; upgrade the file with detectron2's "
                           f"tools or rename its keys, then set VERSION: {SUPPORTED_VERSION}")
     check = _TASK_CHECKS.get(cfg.TASK)
+    refuse_unsupported(shared_value_problems(cfg))
     if check is not None:
         try:
             check(cfg, detectron2_file=detectron2_file)
@@ -197,6 +202,71 @@ def load_config(config_file: str | None = None, opts: Sequence[str] | None = Non
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: v >= low
+
+
+def _positive(v: Any) -> bool:
+    return math.isfinite(v) and v > 0
+
+
+# (shared key, test its value must pass, what it must be): values every task's engine or loaders
+# would otherwise refuse deep inside (fvcore's scheduler, torch's optimizer, the DataLoader).
+_SHARED_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("SOLVER.MAX_ITER", _at_least(1), "the number of training iterations, >= 1"),
+    ("SOLVER.IMS_PER_BATCH", _at_least(1), "the global batch (images per step over all GPUs), >= 1"),
+    ("SOLVER.ACCUM_STEPS", _at_least(1), "micro-batches per optimizer step, >= 1"),
+    ("SOLVER.BASE_LR", _positive, "the learning rate, > 0"),
+    ("SOLVER.MOMENTUM", _at_least(0), "SGD momentum, >= 0"),
+    ("SOLVER.WEIGHT_DECAY", _at_least(0), ">= 0"),
+    ("SOLVER.WEIGHT_DECAY_NORM", _at_least(0), ">= 0"),
+    ("SOLVER.WEIGHT_DECAY_BIAS", lambda v: v is None or v >= 0, ">= 0, or None for SOLVER.WEIGHT_DECAY"),
+    ("SOLVER.BIAS_LR_FACTOR", _at_least(0), ">= 0 (a factor on SOLVER.BASE_LR for biases)"),
+    ("SOLVER.GAMMA", _positive, "the lr factor at each of SOLVER.STEPS, > 0"),
+    ("SOLVER.STEPS", lambda v: all(s >= 1 for s in v), "iterations >= 1 at which the lr drops (steps at or "
+                                                       "past SOLVER.MAX_ITER are never reached)"),
+    ("SOLVER.WARMUP_ITERS", _at_least(0), "iterations of lr warmup, >= 0 (0: none)"),
+    ("SOLVER.WARMUP_FACTOR", _at_least(0), "the lr factor warmup starts from, >= 0"),
+    ("SOLVER.CHECKPOINT_PERIOD", _at_least(1), "iterations between checkpoints, >= 1"),
+    ("SOLVER.CHECKPOINT_MAX_TO_KEEP", _at_least(0), "periodic checkpoints kept, >= 0 (0: all)"),
+    ("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", _positive, "the gradient clipping threshold, > 0"),
+    ("SOLVER.CLIP_GRADIENTS.NORM_TYPE", lambda v: v > 0, "the p of the clipped gradient p-norm, > 0 (inf: max)"),
+    ("TEST.EVAL_PERIOD", _at_least(0), "iterations between evaluations, >= 0 (0: only after training)"),
+    ("DATALOADER.NUM_WORKERS", _at_least(0), "data-loading worker processes per GPU, >= 0 (0: in the main one)"),
+    ("LOG_PERIOD", _at_least(1), "iterations between log lines, >= 1"),
+    ("MODEL.DEVICE", lambda v: re.fullmatch(r"auto|cpu|(cuda|xpu|mps)(:\d+)?", v) is not None,
+     "'auto' (this rank's GPU if there is one, else the CPU), 'cpu' or 'cuda'"),
+    ("MODEL.GROUP_NORM.NUM_GROUPS", _at_least(1), "GroupNorm groups per layer, >= 1"),
+    ("MODEL.GROUP_NORM.CHANNELS_PER_GROUP", _at_least(0), "channels per GN group, >= 0 (0: use NUM_GROUPS)"),
+    ("MODEL.GROUP_NORM.EPS", _positive, "the norm's epsilon, > 0"),
+    ("MODEL.BACKBONE.FREEZE_AT", lambda v: 0 <= v <= 5, "0 (train all) to 5 (freeze the stem and res2..res5)"),
+    ("MODEL.RESNETS.NUM_GROUPS", _at_least(1), "ResNeXt cardinality, >= 1 (1: ResNet)"),
+    ("MODEL.RESNETS.WIDTH_PER_GROUP", _at_least(1), "channels per ResNeXt group, >= 1 (64: ResNet)"),
+)
+
+
+def shared_value_problems(cfg: CfgNode) -> list[str]:
+    """The values of the shared keys (:mod:`gn_det.config.defaults`) no task can run with, one
+    ``"KEY = value: what it must be"`` sentence each (for :func:`refuse_unsupported`).
+
+    :func:`load_config` refuses them for every task, so a bad SOLVER or DATALOADER value is a
+    one-line error before anything is built, not a traceback from fvcore or torch.
+    """
+    problems = []
+    for key, ok, must_be in _SHARED_RANGES:
+        value = config_value(cfg, key)
+        try:
+            good = bool(ok(value))
+        except TypeError:  # e.g. a string where a number belongs
+            good = False
+        if not good:
+            problems.append(f"{key} = {value!r}: must be {must_be}")
+    if cfg.SOLVER.NESTEROV and cfg.SOLVER.MOMENTUM <= 0:
+        problems.append(f"SOLVER.NESTEROV = True: Nesterov needs SOLVER.MOMENTUM > 0 (got {cfg.SOLVER.MOMENTUM}); "
+                        f"set SOLVER.MOMENTUM or SOLVER.NESTEROV False")
+    return problems
 
 
 def peek_task(config_file: str | None = None, opts: Sequence[str] | None = None) -> str:
@@ -248,6 +318,7 @@ def _load_yaml(config_file: str) -> Any:
     if not os.path.isfile(config_file):
         raise ConfigError(f"Config file not found: {config_file!r}. Pass an existing YAML file to "
                           f"--config-file (paths are relative to the current directory).")
+    _check_base_chain(config_file)
     try:
         loaded = CfgNode.load_yaml_with_base(config_file, allow_unsafe=False)
     except FileNotFoundError as e:
@@ -258,6 +329,38 @@ def _load_yaml(config_file: str) -> Any:
     except AssertionError as e:  # fvcore: a key is a dict in one file and a value in another
         raise ConfigError(f"{config_file}: {e}") from None
     return loaded
+
+
+def _base_paths(config_file: str) -> list[str]:
+    """The ``_BASE_`` files ``config_file`` names, resolved as fvcore does (relative to the file);
+    [] when it names none or cannot be read (fvcore's own loading then reports that)."""
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    bases = loaded.get("_BASE_") if isinstance(loaded, dict) else None
+    bases = [bases] if isinstance(bases, str) else bases if isinstance(bases, list) else []
+    paths = []
+    for base in (b for b in bases if isinstance(b, str)):
+        base = os.path.expanduser(base) if base.startswith("~") else base
+        if not base.startswith(("/", "https://", "http://")):
+            base = os.path.join(os.path.dirname(config_file), base)
+        paths.append(os.path.normpath(base))
+    return paths
+
+
+def _check_base_chain(config_file: str, chain: tuple[str, ...] = ()) -> None:
+    """Refuse a ``_BASE_`` cycle (a.yaml -> b.yaml -> a.yaml, or a file naming itself), which
+    fvcore would follow until RecursionError; a file reached twice by two branches is fine."""
+    chain = chain + (config_file,)
+    seen = [os.path.realpath(p) for p in chain[:-1]]
+    if os.path.realpath(config_file) in seen:
+        start = seen.index(os.path.realpath(config_file))
+        raise ConfigError(f"_BASE_ cycle: {' -> '.join(chain[start:])}; a config file cannot be its own "
+                          f"_BASE_ (directly or through others): remove the _BASE_ entry that closes the loop")
+    for base in _base_paths(config_file):
+        _check_base_chain(base, chain)
 
 
 def _merge_file(cfg: CfgNode, config_file: str) -> set[str]:

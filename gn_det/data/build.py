@@ -19,6 +19,7 @@ import logging
 
 
 # get_dataset_metadata is re-exported: the evaluator and the model builder look datasets up here.
+from gn_det.config import ConfigError
 from gn_det.data.catalog import get_dataset_files, get_dataset_metadata, register_datasets_from_config
 from gn_det.data.coco_dataset import CocoDetectionDataset
 from gn_det.data.common import ConcatDatasets, SkipBadSamples, build_test_loader, build_train_loader
@@ -97,7 +98,7 @@ def _check_num_classes(cfg, name: str, num_classes: int) -> None:
     # Labels beyond NUM_CLASSES would crash deep in the loss; fewer labels only waste outputs.
     configured = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     if configured < num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"dataset {name!r} has {num_classes} categories but MODEL.ROI_HEADS.NUM_CLASSES is "
             f"{configured}; set MODEL.ROI_HEADS.NUM_CLASSES {num_classes}"
         )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from gn_det.config import ConfigError
 from gn_det.data.coco_dataset import contiguous_category_maps, load_coco_json
 from gn_det.data.synthetic_coco import GENERATOR_VERSION, generate_synthetic_coco
 
@@ -154,7 +155,7 @@ def register_datasets_from_config(cfg) -> None:
     """Register every entry of ``cfg.DATASETS.REGISTER`` and ``cfg.DATASETS.SYNTHETIC``."""
     for entry in cfg.DATASETS.REGISTER:
         if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and all(isinstance(v, str) for v in entry)):
-            raise ValueError(
+            raise ConfigError(
                 f"DATASETS.REGISTER entry {entry!r} must be [name, json_file, image_root] (3 strings)"
             )
         register_coco_instances(*entry)
@@ -166,7 +167,7 @@ def register_datasets_from_config(cfg) -> None:
             except (TypeError, ValueError):
                 ok = False
         if not ok or num_images < 1 or image_size < 32:
-            raise ValueError(
+            raise ConfigError(
                 f"DATASETS.SYNTHETIC entry {entry!r} must be [name, num_images >= 1, "
                 f"image_size >= 32, seed]"
             )
@@ -181,7 +182,7 @@ def list_datasets() -> list[str]:
 def get_dataset_files(name: str) -> tuple[str, str]:
     """(json_file, image_root) of a registered dataset; generates a synthetic set if needed."""
     if name not in _RESOLVERS:
-        raise KeyError(
+        raise ConfigError(
             f"unknown dataset {name!r}; known datasets: {list_datasets()}. Register COCO-format "
             f"sets with DATASETS.REGISTER [[name, json, image_root]] or synthetic ones with "
             f"DATASETS.SYNTHETIC [[name, num_images, image_size, seed]]"

@@ -38,6 +38,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 
+from gn_det.config import ConfigError
 from gn_det.data.catalog import cache_root, datasets_root
 from gn_det.data.coco_dataset import DatasetError
 from gn_det.data.common import ConcatDatasets, SkipBadSamples, SkippedSample, build_test_loader, build_train_loader
@@ -64,7 +65,7 @@ def _registered(cfg) -> dict[str, str]:
     out = {}
     for entry in cfg.DATASETS.REGISTER:
         if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(v, str) for v in entry)):
-            raise ValueError(f"DATASETS.REGISTER entry {entry!r} must be [name, folder] (2 strings): a folder "
+            raise ConfigError(f"DATASETS.REGISTER entry {entry!r} must be [name, folder] (2 strings): a folder "
                              f"holding one sub-folder of images per class")
         out[entry[0]] = entry[1]
     return out
@@ -80,15 +81,15 @@ def _synthetic(cfg) -> dict[str, tuple[int, int, int]]:
             except (TypeError, ValueError):
                 ok = False
         if not ok or per_class < 1 or size < 8:
-            raise ValueError(f"DATASETS.SYNTHETIC entry {entry!r} must be [name, images_per_class >= 1, "
+            raise ConfigError(f"DATASETS.SYNTHETIC entry {entry!r} must be [name, images_per_class >= 1, "
                              f"image_size >= 8, seed]")
         out[entry[0]] = (per_class, size, seed)
     return out
 
 
-def _unknown(cfg, name: str) -> KeyError:
+def _unknown(cfg, name: str) -> ConfigError:
     known = sorted(set(IMAGENET_SPLITS) | set(_registered(cfg)) | set(_synthetic(cfg)))
-    return KeyError(f"unknown classification dataset {name!r}; known: {known}. Add a folder with "
+    return ConfigError(f"unknown classification dataset {name!r}; known: {known}. Add a folder with "
                     f"DATASETS.REGISTER [[name, folder]] or a synthetic set with DATASETS.SYNTHETIC "
                     f"[[name, images_per_class, image_size, seed]]")
 
@@ -109,7 +110,8 @@ def dataset_root(cfg, name: str) -> Path:
     """The folder of dataset ``name`` (a synthetic set is generated on first use).
 
     Raises:
-        KeyError: ``name`` is not ImageNet's, registered or synthetic (the message lists the known ones).
+        gn_det.config.ConfigError: ``name`` is not ImageNet's, registered or synthetic (the message lists the
+            known ones).
         FileNotFoundError: the folder does not exist (the message says where it was looked for).
     """
     synthetic = _synthetic(cfg)
@@ -185,9 +187,9 @@ class RandomResizedCropFlip:
     def __init__(self, size: int, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
                  flip_prob: float = 0.5):
         if not (0 < scale[0] <= scale[1] <= 1):
-            raise ValueError(f"INPUT.RRC_SCALE must be (min, max) with 0 < min <= max <= 1, got {tuple(scale)}")
+            raise ConfigError(f"INPUT.RRC_SCALE must be (min, max) with 0 < min <= max <= 1, got {tuple(scale)}")
         if not (0 < ratio[0] <= ratio[1]):
-            raise ValueError(f"INPUT.RRC_RATIO must be (min, max) with 0 < min <= max, got {tuple(ratio)}")
+            raise ConfigError(f"INPUT.RRC_RATIO must be (min, max) with 0 < min <= max, got {tuple(ratio)}")
         self.size, self.scale, self.ratio, self.flip_prob = int(size), tuple(scale), tuple(ratio), float(flip_prob)
 
     def __call__(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
@@ -203,7 +205,7 @@ class ResizeCenterCrop:
 
     def __init__(self, resize: int, crop: int):
         if crop > resize:
-            raise ValueError(f"INPUT.TEST_CROP_SIZE ({crop}) must be <= INPUT.TEST_RESIZE ({resize})")
+            raise ConfigError(f"INPUT.TEST_CROP_SIZE ({crop}) must be <= INPUT.TEST_RESIZE ({resize})")
         self.resize, self.crop = int(resize), int(crop)
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -216,7 +218,7 @@ def build_classification_transform(cfg, is_train: bool):
     i = cfg.INPUT
     if is_train:
         if i.RANDOM_FLIP not in ("horizontal", "none"):
-            raise ValueError(f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none', got {i.RANDOM_FLIP!r}")
+            raise ConfigError(f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none', got {i.RANDOM_FLIP!r}")
         return RandomResizedCropFlip(i.CROP_SIZE, i.RRC_SCALE, i.RRC_RATIO, 0.5 if i.RANDOM_FLIP == "horizontal" else 0)
     return ResizeCenterCrop(i.TEST_RESIZE, i.TEST_CROP_SIZE)
 
@@ -300,7 +302,7 @@ def check_num_classes(cfg, name: str, classes: Sequence[str]) -> None:
     """Refuse a dataset with more classes than MODEL.CLASSIFIER.NUM_CLASSES outputs."""
     configured = cfg.MODEL.CLASSIFIER.NUM_CLASSES
     if configured < len(classes):
-        raise ValueError(f"dataset {name!r} has {len(classes)} classes but MODEL.CLASSIFIER.NUM_CLASSES is "
+        raise ConfigError(f"dataset {name!r} has {len(classes)} classes but MODEL.CLASSIFIER.NUM_CLASSES is "
                          f"{configured}; set MODEL.CLASSIFIER.NUM_CLASSES {len(classes)}")
     if configured > len(classes):
         logger.warning("MODEL.CLASSIFIER.NUM_CLASSES is %d but dataset %r has %d classes: the extra outputs are "
@@ -314,7 +316,7 @@ def _check_same_classes(cfg, names: Sequence[str], classes: Sequence[str], where
         other_classes = dataset_classes(cfg, other)
         if other_classes is not None and list(other_classes) != list(classes):
             diff = sorted(set(classes) ^ set(other_classes))
-            raise ValueError(f"{where} has {len(classes)} classes but {other!r} has {len(other_classes)}, and they "
+            raise ConfigError(f"{where} has {len(classes)} classes but {other!r} has {len(other_classes)}, and they "
                              f"differ (e.g. {diff[:5]}): label i must mean the same class in every training and "
                              f"test set; give them the same class folder names")
 
@@ -329,7 +331,7 @@ def build_classification_train_loader(cfg, micro_batch_size: int, *, skip_batche
     """
     names = list(cfg.DATASETS.TRAIN)
     if not names:
-        raise ValueError("DATASETS.TRAIN is empty: name at least one dataset to train on")
+        raise ConfigError("DATASETS.TRAIN is empty: name at least one dataset to train on")
     datasets = [build_classification_dataset(cfg, n, is_train=True) for n in names]
     classes = datasets[0].classes
     _check_same_classes(cfg, names[1:] + list(cfg.DATASETS.TEST), classes, f"training set {names[0]!r}")

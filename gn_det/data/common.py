@@ -99,20 +99,48 @@ class SkipBadSamples:
         self.skipped: list[tuple[str, str]] = []
 
     def __iter__(self) -> Iterator[list]:
-        for batch in self.loader:
-            kept = []
-            for s in batch:
-                if isinstance(s, SkippedSample):
-                    self.num_skipped += 1
-                    self.skipped.append((s.file_name, s.reason))
-                    logger.warning("skipped bad sample (%d so far): %s", self.num_skipped, s.reason)
-                else:
-                    kept.append(s)
-            if kept:
-                yield kept
+        try:
+            for batch in self.loader:
+                kept = []
+                for s in batch:
+                    if isinstance(s, SkippedSample):
+                        self.num_skipped += 1
+                        self.skipped.append((s.file_name, s.reason))
+                        logger.warning("skipped bad sample (%d so far): %s", self.num_skipped, s.reason)
+                    else:
+                        kept.append(s)
+                if kept:
+                    yield kept
+        except Exception as e:
+            original = _worker_error(e)
+            if original is None:
+                raise
+            raise original from e
+
 
     def __len__(self) -> int:  # test loaders only (the train sampler is endless)
         return len(self.loader)
+
+
+def _worker_error(exc: Exception) -> Exception | None:
+    """The error a DataLoader worker raised, with its own message again, or None if ``exc`` is not one.
+
+    The DataLoader re-raises a worker's error as the same type with the message "Caught X in
+    DataLoader worker process 0." and the worker's whole traceback; a bad image (DatasetError
+    naming the file) then reads as that first line. The worker's traceback stays in the chain.
+    """
+    text = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else ""
+    if not text.startswith("Caught ") or " in DataLoader worker process " not in text.split("\n", 1)[0]:
+        return None
+    # The traceback's last line: "[module.]X: message" (the messages this project raises are one line).
+    last = text.rstrip().rpartition("\n")[2]
+    name, sep, message = last.partition(": ")
+    if not sep or name.rpartition(".")[2] != type(exc).__name__ or not message:
+        return None
+    try:
+        return type(exc)(message)
+    except Exception:  # a type that takes other arguments: keep torch's error
+        return None
 
 
 class SkipFirst:

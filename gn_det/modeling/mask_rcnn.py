@@ -37,7 +37,8 @@ from gn_det.checkpoint.model_loading import WeightsForModel
 from gn_det.config import ConfigError, config_value, refuse_unsupported
 from gn_det.modeling.classifier import classifier_resnet_checkpoint
 from gn_det.modeling.backbone.fpn import FPN_IN_FEATURES, build_resnet_fpn_backbone
-from gn_det.modeling.cfg_norm import norm_from_cfg
+from gn_det.modeling.backbone.resnet import resnet_cfg_problems
+from gn_det.modeling.cfg_norm import group_norm_width_problems, norm_from_cfg
 from gn_det.modeling.detector_weights import detector_layout, mask_rcnn_to_detectron2, whole_detector_weights
 from gn_det.modeling.roi_heads import BOX_HEAD_NAMES, POOLER_TYPES, build_box_head, build_mask_branch, build_roi_heads
 from gn_det.modeling.rpn import ANCHOR_GENERATOR_NAMES, build_anchor_generator, build_rpn, matcher_thresholds
@@ -215,6 +216,12 @@ _ONE_OF = (
     ("INPUT.FORMAT", INPUT_FORMATS, f"images are fed as {' or '.join(INPUT_FORMATS)}"),
 )
 _NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM")
+# counts and sizes a model cannot be built or trained with at 0 (a deep reshape or conv error otherwise)
+_POSITIVE_KEYS = ("MODEL.ROI_HEADS.NUM_CLASSES", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+                  "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "MODEL.RPN.PRE_NMS_TOPK_TEST",
+                  "MODEL.RPN.POST_NMS_TOPK_TRAIN", "MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.FPN.OUT_CHANNELS",
+                  "MODEL.ROI_BOX_HEAD.CONV_DIM", "MODEL.ROI_BOX_HEAD.FC_DIM", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
+                  "MODEL.ROI_MASK_HEAD.CONV_DIM", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "TEST.DETECTIONS_PER_IMAGE")
 _STANDARD_RES2_CHANNELS = {18: 64, 34: 64}  # basic blocks; deeper ResNets: 256
 
 
@@ -246,7 +253,8 @@ def _feature_problems(cfg) -> list[str]:
 
 
 def _value_problems(cfg) -> list[str]:
-    """Keys with a range of values: norms, widths, IoU thresholds, pixel statistics, anchors."""
+    """Keys with a range of values: norms, depth, widths (GroupNorm's split), counts, IoU thresholds, pixel
+    statistics, anchors."""
     m, problems = cfg.MODEL, []
     for key in _NORM_KEYS:
         try:
@@ -271,10 +279,29 @@ def _value_problems(cfg) -> list[str]:
         if len(value) != 3 or (key.endswith("STD") and min(value) <= 0):
             problems.append(f"{key} = {value}: three values (one per colour channel, in INPUT.FORMAT's order, "
                             f"0-255 scale){', all > 0' if key.endswith('STD') else ''}")
+    for key in _POSITIVE_KEYS:
+        if int(config_value(cfg, key)) < 1:
+            problems.append(f"{key} = {config_value(cfg, key)!r}: must be >= 1")
+    for key in ("MODEL.RPN.POSITIVE_FRACTION", "MODEL.ROI_HEADS.POSITIVE_FRACTION"):
+        if not 0 < float(config_value(cfg, key)) <= 1:
+            problems.append(f"{key} = {config_value(cfg, key)!r}: the foreground share of the sampled boxes, in (0, 1]")
     if m.MASK_ON and int(m.ROI_MASK_HEAD.NUM_CONV) < 1:
         problems.append(f"MODEL.ROI_MASK_HEAD.NUM_CONV = {m.ROI_MASK_HEAD.NUM_CONV}: the mask head has at least "
                         f"one conv")
-    return problems
+    return problems + resnet_cfg_problems(cfg) + group_norm_width_problems(cfg, _head_widths(cfg))
+
+
+def _head_widths(cfg) -> list[tuple[str, str, str, int]]:
+    """The normalized widths of the FPN and the RoI heads, as :func:`group_norm_width_problems` takes them."""
+    m = cfg.MODEL
+    widths = [("MODEL.FPN.OUT_CHANNELS", "the FPN's convs", "MODEL.FPN.NORM", int(m.FPN.OUT_CHANNELS))]
+    if int(m.ROI_BOX_HEAD.NUM_CONV) > 0:
+        widths.append(("MODEL.ROI_BOX_HEAD.CONV_DIM", "the box head's convs", "MODEL.ROI_BOX_HEAD.NORM",
+                       int(m.ROI_BOX_HEAD.CONV_DIM)))
+    if m.MASK_ON:
+        widths.append(("MODEL.ROI_MASK_HEAD.CONV_DIM", "the mask head's convs", "MODEL.ROI_MASK_HEAD.NORM",
+                       int(m.ROI_MASK_HEAD.CONV_DIM)))
+    return widths
 
 
 def check_mask_rcnn_config(cfg) -> None:

@@ -20,10 +20,11 @@ from torch import nn
 
 from gn_det.checkpoint.model_loading import WeightsForModel
 from gn_det.config import CfgNode as CN
+from gn_det.config import refuse_unsupported
 from gn_det.engine.task import register_task
 from gn_det.evaluation.classification_evaluation import ClassificationEvaluator
 
-__all__ = ["ClassificationTask", "add_classification_config"]
+__all__ = ["ClassificationTask", "add_classification_config", "check_classification_config"]
 
 
 def add_classification_config(cfg: CN) -> None:
@@ -50,12 +51,21 @@ def add_classification_config(cfg: CN) -> None:
     cfg.TEST.IMS_PER_BATCH = 32  # test images per batch, per process
 
 
+def check_classification_config(cfg: CN, *, detectron2_file: bool = False) -> None:
+    """Refuse (one-line :class:`~gn_det.config.ConfigError`) the MODEL.RESNETS values the classifier's
+    ResNet cannot build (depth, GroupNorm widths), before anything is built."""
+    from gn_det.modeling.backbone.resnet import resnet_cfg_problems
+
+    refuse_unsupported(resnet_cfg_problems(cfg))
+
+
 @register_task("classification")
 class ClassificationTask:
     """Image classification with a ResNet on ImageNet-layout folders; top-1 / top-5 accuracy."""
 
     name = "classification"
     add_config = staticmethod(add_classification_config)
+    check_config = staticmethod(check_classification_config)
 
     def build_model(self, cfg) -> nn.Module:
         """:class:`~gn_det.modeling.classifier.ResNetClassifier`, randomly initialized (the engine

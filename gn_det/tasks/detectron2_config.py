@@ -169,6 +169,15 @@ def check_detectron2_values(cfg: CN, *, detectron2_file: bool = False) -> None:
     """
     problems = [f"{key} = {config_value(cfg, key)!r}: {supported}" for key, allowed, supported in _ONE_OF
                 if config_value(cfg, key) not in allowed]
+    sizes = list(cfg.INPUT.MIN_SIZE_TRAIN)
+    if not sizes or min(sizes) <= 0:
+        problems.append(f"INPUT.MIN_SIZE_TRAIN = {tuple(sizes)}: the training images' shortest sides, each > 0")
+    elif cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range" and (len(sizes) != 2 or sizes[0] > sizes[1]):
+        problems.append(f"INPUT.MIN_SIZE_TRAIN = {tuple(sizes)}: with INPUT.MIN_SIZE_TRAIN_SAMPLING 'range', give "
+                        f"(min, max); or use 'choice' to pick one of the sizes")
+    for key in ("INPUT.MAX_SIZE_TRAIN", "INPUT.MAX_SIZE_TEST"):
+        if int(config_value(cfg, key)) <= 0:
+            problems.append(f"{key} = {config_value(cfg, key)}: the longest side images are resized to at most, > 0")
     if int(cfg.INPUT.MIN_SIZE_TEST) <= 0:
         problems.append(f"INPUT.MIN_SIZE_TEST = {cfg.INPUT.MIN_SIZE_TEST}: test images are always resized; give "
                         f"their shortest side (> 0)")

@@ -53,10 +53,11 @@ from torch import nn
 
 from gn_det.checkpoint.model_loading import WeightsForModel
 from gn_det.config import CfgNode as CN
+from gn_det.config import refuse_unsupported
 from gn_det.engine.task import register_task
 from gn_det.evaluation.video_evaluation import VideoEvaluator
 
-__all__ = ["VideoTask", "add_video_config"]
+__all__ = ["VideoTask", "add_video_config", "check_video_config"]
 
 
 def add_video_config(cfg: CN) -> None:
@@ -111,12 +112,25 @@ def add_video_config(cfg: CN) -> None:
     cfg.TEST.BATCH_SIZE = 8  # test views per batch, over all processes
 
 
+def check_video_config(cfg: CN, *, detectron2_file: bool = False) -> None:
+    """Refuse (one-line :class:`~gn_det.config.ConfigError`) the MODEL.RESNETS and MODEL.VIDEO_HEAD values
+    the I3D model cannot build (depth, GroupNorm widths), before anything is built."""
+    from gn_det.modeling.backbone.resnet import resnet_cfg_problems
+    from gn_det.modeling.cfg_norm import group_norm_width_problems
+
+    conv_dim = int(cfg.MODEL.VIDEO_HEAD.CONV_DIM)
+    head = [("MODEL.VIDEO_HEAD.CONV_DIM", "the head's convs", "MODEL.VIDEO_HEAD.NORM", conv_dim)]
+    head = head if conv_dim > 0 else []
+    refuse_unsupported(resnet_cfg_problems(cfg) + group_norm_width_problems(cfg, head))
+
+
 @register_task("video")
 class VideoTask:
     """Video classification with an I3D ResNet (any norm) on Kinetics-style lists; multi-view accuracy."""
 
     name = "video"
     add_config = staticmethod(add_video_config)
+    check_config = staticmethod(check_video_config)
 
     def build_model(self, cfg) -> nn.Module:
         """:class:`~gn_det.modeling.video_resnet.VideoClassifier`, randomly initialized (the engine

@@ -35,6 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from gn_det.config import ConfigError
 from gn_det.data.common import ConcatDatasets, SkipBadSamples, build_test_loader, build_train_loader
 from gn_det.data.video.annotations import VideoList, find_kinetics_root, kinetics_split_files, load_video_list
 from gn_det.data.video.dataset import VideoClipDataset
@@ -60,7 +61,7 @@ def _registered(cfg) -> dict[str, tuple[str, str | None]]:
     out = {}
     for entry in cfg.DATASETS.REGISTER:
         if not (isinstance(entry, (list, tuple)) and len(entry) in (2, 3) and all(isinstance(v, str) for v in entry)):
-            raise ValueError(f"DATASETS.REGISTER entry {entry!r} must be [name, list_file] or [name, list_file, "
+            raise ConfigError(f"DATASETS.REGISTER entry {entry!r} must be [name, list_file] or [name, list_file, "
                              f"video_root] (strings): a Kinetics CSV, a PySlowFast list or a path,label CSV")
         out[entry[0]] = (entry[1], entry[2] if len(entry) == 3 and entry[2] else None)
     return out
@@ -77,7 +78,7 @@ def _synthetic(cfg) -> dict[str, tuple[str, tuple[int, ...]]]:
             except (TypeError, ValueError):
                 ok = False
         if not ok:
-            raise ValueError(f"DATASETS.SYNTHETIC entry {entry!r} must be [prefix, num_classes, train_per_class, "
+            raise ConfigError(f"DATASETS.SYNTHETIC entry {entry!r} must be [prefix, num_classes, train_per_class, "
                              f"val_per_class, num_frames, size, seed]; it registers <prefix>_train and <prefix>_val")
         for split in _SYNTHETIC_SPLITS:
             out[f"{entry[0]}_{split}"] = (split, numbers)
@@ -107,7 +108,7 @@ def video_list(cfg, name: str) -> VideoList:
     """The list of videos of dataset ``name`` (a synthetic set is generated on first use).
 
     Raises:
-        KeyError: an unknown name (the message lists the known ones and how to add one).
+        gn_det.config.ConfigError: an unknown name (the message lists the known ones and how to add one).
         FileNotFoundError, gn_det.data.video.AnnotationError: the list is missing or unreadable.
     """
     fmt, sep = cfg.DATA.LIST_FORMAT, cfg.DATA.PATH_LABEL_SEPARATOR
@@ -134,7 +135,7 @@ def video_list(cfg, name: str) -> VideoList:
         folder, split = KINETICS_DATASETS[name]
         csv_path, root = kinetics_split_files(find_kinetics_root(folder), split)
         return _read(csv_path, "kinetics", sep, str(root))
-    raise KeyError(f"unknown video dataset {name!r}; known: {_known(cfg)}. Add a list with DATASETS.REGISTER "
+    raise ConfigError(f"unknown video dataset {name!r}; known: {_known(cfg)}. Add a list with DATASETS.REGISTER "
                    f"[[name, list_file, video_root]], PySlowFast's lists with DATA.PATH_TO_DATA_DIR (names "
                    f"slowfast_train/val/test), or a synthetic set with DATASETS.SYNTHETIC")
 
@@ -145,7 +146,7 @@ def _flip_map(cfg, name: str, classes: Sequence[str]) -> dict[str, str]:
         pairs.update(flip_label_map(classes))
     for entry in cfg.DATA.FLIP_LABEL_PAIRS:
         if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
-            raise ValueError(f"DATA.FLIP_LABEL_PAIRS entry {entry!r} must be [class_a, class_b]")
+            raise ConfigError(f"DATA.FLIP_LABEL_PAIRS entry {entry!r} must be [class_a, class_b]")
         pairs[str(entry[0])] = str(entry[1])
     return pairs
 
@@ -181,7 +182,7 @@ def _classes_for(cfg, name: str, own: VideoList, train: bool) -> list[str]:
 
 def _check_num_classes(cfg, name: str, classes: Sequence[str]) -> None:
     if int(cfg.MODEL.NUM_CLASSES) < len(classes):
-        raise ValueError(f"dataset {name!r} has {len(classes)} classes but MODEL.NUM_CLASSES is "
+        raise ConfigError(f"dataset {name!r} has {len(classes)} classes but MODEL.NUM_CLASSES is "
                          f"{cfg.MODEL.NUM_CLASSES}; set MODEL.NUM_CLASSES {len(classes)}")
 
 
@@ -192,7 +193,7 @@ def video_set_info(cfg, name: str) -> VideoSetInfo:
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({r.label for r in own.records if r.label not in index})
     if unknown:
-        raise ValueError(f"test set {name!r}: label(s) {unknown[:5]} are not among the {len(classes)} classes of the "
+        raise ConfigError(f"test set {name!r}: label(s) {unknown[:5]} are not among the {len(classes)} classes of the "
                          f"training set {cfg.DATASETS.TRAIN[0]!r}")
     views = int(cfg.TEST.NUM_ENSEMBLE_VIEWS) * int(cfg.TEST.NUM_SPATIAL_CROPS)
     return VideoSetInfo(name, classes, [r.path for r in own.records], [index[r.label] for r in own.records], views)
@@ -275,11 +276,11 @@ def build_video_train_loader(cfg, micro_batch_size: int, *, skip_batches: int = 
     """
     names = list(cfg.DATASETS.TRAIN)
     if not names:
-        raise ValueError("DATASETS.TRAIN is empty: name at least one video dataset to train on")
+        raise ConfigError("DATASETS.TRAIN is empty: name at least one video dataset to train on")
     datasets = [build_video_dataset(cfg, n, train=True) for n in names]
     for other, ds in zip(names[1:], datasets[1:]):
         if ds.classes != datasets[0].classes:
-            raise ValueError(f"training sets {names[0]!r} and {other!r} have different classes; label i must mean "
+            raise ConfigError(f"training sets {names[0]!r} and {other!r} have different classes; label i must mean "
                              f"the same class in every training set")
     dataset = datasets[0] if len(datasets) == 1 else ConcatDatasets(datasets)
     logger.info("training on %s: %d videos, %d classes, clips of %d frames every %d", " + ".join(names),

@@ -49,10 +49,11 @@ from torch import nn
 from gn_det.layers.conv_norm import is_norm
 from gn_det.layers.frozen_bn import FrozenBatchNorm
 from gn_det.layers.norm import NormSpec, create_conv, create_norm, parse_norm
-from gn_det.modeling.cfg_norm import norm_from_cfg
+from gn_det.config import ConfigError, refuse_unsupported
+from gn_det.modeling.cfg_norm import group_norm_width_problems, norm_from_cfg
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "RESNET_SPECS", "build_resnet", "build_resnet_from_cfg",
-           "freeze_module", "STAGE_NAMES", "OUT_FEATURE_NAMES"]
+           "resnet_cfg_problems", "freeze_module", "STAGE_NAMES", "OUT_FEATURE_NAMES"]
 
 # depth -> (block class name, blocks per stage)
 RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -466,13 +467,41 @@ def build_resnet(depth: int, norm: str | NormSpec = "BN", dim: int = 2, *, group
         {'res3': 28, 'res4': 14, 'res5': 7}
     """
     if depth not in RESNET_SPECS:
-        raise ValueError(f"Unsupported ResNet depth {depth}; choose one of {sorted(RESNET_SPECS)}")
+        raise ConfigError(f"Unsupported ResNet depth {depth}; choose one of {sorted(RESNET_SPECS)}",
+                          ["MODEL.RESNETS.DEPTH"])
     block, layers = RESNET_SPECS[depth]
     model = ResNet(block, layers, norm, dim=dim, groups=groups, width_per_group=width_per_group,
                    stride_in_1x1=stride_in_1x1, zero_init_residual=zero_init_residual, num_classes=num_classes,
                    stem_temporal_kernel=stem_temporal_kernel, temporal_kernels=temporal_kernels,
                    out_features=out_features, temporal_strides=temporal_strides, temporal_pool=temporal_pool)
     return model.freeze(freeze_at)
+
+
+def resnet_cfg_problems(cfg) -> list[str]:
+    """The MODEL.RESNETS values :func:`build_resnet_from_cfg` cannot build, one ``"KEY = value: ..."``
+    sentence each, checked before building (every task's config check runs it): the depth, ResNeXt
+    widths on basic blocks, and widths MODEL.RESNETS.NORM's GroupNorm cannot split."""
+    r = cfg.MODEL.RESNETS
+    depth = int(r.DEPTH)
+    if depth not in RESNET_SPECS:
+        return [f"MODEL.RESNETS.DEPTH = {r.DEPTH!r}: Unsupported ResNet depth {depth}; choose one of "
+                f"{sorted(RESNET_SPECS)}"]
+    groups, per_group = int(r.NUM_GROUPS), int(r.WIDTH_PER_GROUP)
+    if RESNET_SPECS[depth][0] == "basic" and (groups, per_group) != (1, 64):
+        key, value = ("MODEL.RESNETS.NUM_GROUPS", groups) if groups != 1 else ("MODEL.RESNETS.WIDTH_PER_GROUP",
+                                                                             per_group)
+        return [f"{key} = {value}: ResNet-{depth} (basic blocks) has NUM_GROUPS 1 and WIDTH_PER_GROUP 64; use "
+                f"DEPTH >= 50 for ResNeXt"]
+    norm = "MODEL.RESNETS.NORM"
+    widths = [("", "the stem's norm layers", norm, 64)]
+    for i, stage in enumerate(OUT_FEATURE_NAMES[1:]):
+        planes = 64 * 2 ** i
+        if RESNET_SPECS[depth][0] == "bottleneck":
+            widths.append(("MODEL.RESNETS.WIDTH_PER_GROUP", f"{stage}'s bottleneck convs (NUM_GROUPS x "
+                           f"WIDTH_PER_GROUP x {2 ** i})", norm, int(planes * (per_group / 64.0)) * groups))
+        widths.append(("", f"{stage}'s output convs", norm, planes * _BLOCKS[RESNET_SPECS[depth][0]].expansion))
+    problems = group_norm_width_problems(cfg, widths)
+    return problems[:1]  # the first split that fails says it; the wider stages repeat it
 
 
 def build_resnet_from_cfg(cfg, dim: int = 2, *, out_features: Sequence[str] | bool | None = None,
@@ -485,7 +514,11 @@ def build_resnet_from_cfg(cfg, dim: int = 2, *, out_features: Sequence[str] | bo
         out_features: None or False (default): no named outputs, the forward returns the last
             stage as before. True: use MODEL.RESNETS.OUT_FEATURES. A list of names: use those.
         kwargs: more keyword arguments for :func:`build_resnet` (e.g. ``temporal_kernels``).
+
+    Raises:
+        ConfigError: a value :func:`resnet_cfg_problems` refuses.
     """
+    refuse_unsupported(resnet_cfg_problems(cfg))
     r = cfg.MODEL.RESNETS
     if out_features is True:
         out_features = list(r.OUT_FEATURES)
