@@ -20,77 +20,24 @@ iterations are dropped; the table shows median and mean seconds per iteration.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from bench_fixtures import FixedBatchDetectionTask, StepTimer, fake_batch, trainer_opts
 from gn_det.config import load_config
-from gn_det.engine.hooks import HookBase
 from gn_det.engine.trainer import Trainer
-from gn_det.tasks.detection import DetectionTask
 from gn_det.utils.io import atomic_write_text
+
+__all__ = ["DEFAULT_CONFIGS", "FixedBatchDetectionTask", "StepTimer", "fake_batch", "time_config", "main"]
 
 _DEMOS = ("gn", "gn_ws", "bn", "frozenbn")
 DEFAULT_CONFIGS = [f"configs/synthetic/mask_rcnn_R_18_FPN_{n}_demo.yaml" for n in _DEMOS]
-
-
-def fake_batch(num_images: int, size: int, objects: int, num_classes: int, seed: int = 0) -> list[dict]:
-    """Noise images with flat rectangles, and their boxes, labels and masks."""
-    g = torch.Generator().manual_seed(seed)
-    batch = []
-    for i in range(num_images):
-        image = torch.rand(3, size, size, generator=g) * 255
-        masks = torch.zeros(objects, size, size, dtype=torch.uint8)
-        boxes = []
-        for j in range(objects):
-            w, h = (size // 6 + torch.randint(0, size // 3, (2,), generator=g)).tolist()
-            x = int(torch.randint(0, size - w, (1,), generator=g))
-            y = int(torch.randint(0, size - h, (1,), generator=g))
-            masks[j, y:y + h, x:x + w] = 1
-            image[:, y:y + h, x:x + w] = float(torch.randint(0, 256, (1,), generator=g))
-            boxes.append([x, y, x + w, y + h])
-        batch.append({"image": image, "image_id": i, "height": size, "width": size,
-                      "instances": {"boxes": torch.tensor(boxes, dtype=torch.float32),
-                                    "labels": torch.randint(1, num_classes + 1, (objects,), generator=g),
-                                    "masks": masks}})
-    return batch
-
-
-class FixedBatchDetectionTask(DetectionTask):
-    """The detection task whose train loader repeats one fixed batch (nothing else differs)."""
-
-    def __init__(self, batch: list[dict]):
-        self.batch = batch
-
-    def build_train_loader(self, cfg, micro_batch_size: int, skip_batches: int = 0):
-        return itertools.repeat(self.batch)
-
-
-class StepTimer(HookBase):
-    """Wall time of every ``run_step`` (forward, backward, all-reduce, optimizer, schedule); on a
-    GPU the queue is drained before each reading so a step's kernels count in that step."""
-
-    def __init__(self, device: torch.device):
-        self.seconds: list[float] = []
-        self.cuda = device.type == "cuda"
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def before_step(self) -> None:
-        self._start = self._now()
-
-    def after_step(self) -> None:
-        self.seconds.append(self._now() - self._start)
 
 
 def time_config(path: str, iters: int, warmup: int, batch_size: int, objects: int, device: str = "cpu",
@@ -98,14 +45,7 @@ def time_config(path: str, iters: int, warmup: int, batch_size: int, objects: in
     """Train ``path``'s model for ``warmup + iters`` steps through ``Trainer``; step-time statistics
     (and peak GPU memory on CUDA)."""
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(path, ["OUTPUT_DIR", out, "SOLVER.MAX_ITER", str(warmup + iters),
-                                 "SOLVER.IMS_PER_BATCH", str(batch_size), "SOLVER.ACCUM_STEPS", "1",
-                                 "SOLVER.CHECKPOINT_PERIOD", str(10**9), "DATASETS.TEST", "()",
-                                 "LOG_PERIOD", str(10**9), "SEED", "0", "MODEL.DEVICE", device,
-                                 # lr 0: every op of the step runs, but the weights of a randomly
-                                 # initialized model (FrozenBN from scratch has no normalization)
-                                 # cannot blow up and stop the timing with a non-finite loss
-                                 "SOLVER.BASE_LR", "0.0"] + list(opts or []))
+        cfg = load_config(path, trainer_opts(out, batch_size, device, warmup + iters) + list(opts or []))
         batch = fake_batch(batch_size, int(cfg.INPUT.MIN_SIZE_TEST), objects, int(cfg.MODEL.ROI_HEADS.NUM_CLASSES))
         torch.manual_seed(0)
         trainer = Trainer(cfg, FixedBatchDetectionTask(batch))

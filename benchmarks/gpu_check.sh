@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # GPU checks and timings, run as one script on a lent GPU machine (see DEVELOPERS notes):
-#   bash benchmarks/gpu_check.sh OUT_DIR
+#   bash benchmarks/gpu_check.sh OUT_DIR          # everything below
+#   bash benchmarks/gpu_check.sh OUT_DIR suite    # only part 3's benchmark suite (about 5 minutes on an H100)
 # 1. detection (Mask R-CNN R-18-FPN GN, tiny synthetic set) trained on CUDA in fp32 and with AMP
 #    (fp16 autocast + GradScaler), evaluated, resumed from its mid-run checkpoint, --eval-only;
 # 2. the classification task on CUDA (tiny synthetic config), when present;
-# 3. train-step time and peak memory of Mask R-CNN R-50-FPN FrozenBN / GN / GN+WS at 2 images
-#    of 800 px through Trainer.run_step (fp32 and AMP), interleaved one config after another.
+# 3. the benchmark suite (benchmarks/bench_suite.py, fp32): train-step time and peak memory of
+#    Mask R-CNN R50/R18-FPN FrozenBN / GN / GN+WS and the video models at 1 and 2 images per GPU,
+#    the torchvision peer, parameters and FLOPs, folded-WS inference -> OUT_DIR/bench_suite.json;
+#    and the R-50-FPN step with AMP (bench_mask_rcnn_step.py --amp).
 # Every log goes to OUT_DIR; the script keeps going after a failed part and says which failed.
 set -uo pipefail
 OUT=${1:?usage: gpu_check.sh OUT_DIR}
@@ -19,6 +22,11 @@ run() {  # run NAME CMD...: log to OUT/NAME.log, note a failure
   if "$@" >"$OUT/$name.log" 2>&1; then echo "    ok ($(( $(date +%s) - t0 )) s)"; else echo "    FAILED ($(( $(date +%s) - t0 )) s)"; fail+=("$name"); tail -5 "$OUT/$name.log"; fi
 }
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())"
+suite() {
+  run bench_suite python3 benchmarks/bench_suite.py --device cuda --iters 20 --warmup 5 --out "$OUT/bench_suite.json"
+  sed -n '/^#/,$p' "$OUT/bench_suite.log"  # the suite's tables
+}
+if [ "${2:-}" = suite ]; then suite; echo "failed parts: ${fail[*]:-none}"; exit 0; fi
 DET=configs/synthetic/mask_rcnn_R_18_FPN_test.yaml
 COMMON=(MODEL.DEVICE cuda SOLVER.MAX_ITER 40 SOLVER.CHECKPOINT_PERIOD 20 SEED 3 LOG_PERIOD 1 DATALOADER.NUM_WORKERS 2)
 run det_fp32 python3 -m gn_det.cli.train_net --config-file $DET OUTPUT_DIR /tmp/det_fp32 "${COMMON[@]}"
@@ -34,7 +42,7 @@ if [ -f $CLS ]; then
   cp /tmp/cls/metrics.json "$OUT/cls.metrics.json" 2>/dev/null
 fi
 R50=(configs/mask_rcnn_R_50_FPN_2x.yaml configs/mask_rcnn_R_50_FPN_gn_2x.yaml configs/mask_rcnn_R_50_FPN_gn_ws_2x.yaml)
-run bench_fp32 python3 benchmarks/bench_mask_rcnn_step.py --device cuda --configs "${R50[@]}" --iters 30 --warmup 5 --batch 2 --threads 8 --out "$OUT/bench_r50_fp32.json"
+suite
 run bench_amp python3 benchmarks/bench_mask_rcnn_step.py --device cuda --amp --configs "${R50[@]}" --iters 30 --warmup 5 --batch 2 --threads 8 --out "$OUT/bench_r50_amp.json"
 python3 - "$OUT" <<'PY'
 import json, os, sys
@@ -63,7 +71,7 @@ try:
 except FileNotFoundError:
     print("eval-only: no results")
 print("classification top1", last("cls", "classification/top1"))
-for f in ("bench_r50_fp32.json", "bench_r50_amp.json"):
+for f in ("bench_r50_amp.json",):
     try:
         for r in json.load(open(os.path.join(out, f)))["results"]:
             print(f, os.path.basename(r["config"]), r["norm"], f"median {r['median_s_per_iter']:.4f} s/it", f"peak {r['peak_gpu_gib']:.2f} GiB")

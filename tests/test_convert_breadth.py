@@ -281,7 +281,7 @@ def test_cli_group_policy_and_caffe2_output_with_ws_folded(tmp_path, capsys):
                  "--output-format", "caffe2"]) == 0
     out = tmp_path / "r18_gnws.pkl"  # the default name takes the .pkl suffix
     assert "caffe2 will fine-tune them as plain convs" in capsys.readouterr().out
-    report = json.loads(out.with_suffix(".report.json").read_text())
+    report = json.loads(out.with_name(out.name + ".report.json").read_text())
     groups = {r["name"]: (r["channels"], r["groups"]) for r in report["conversion"]["replaced"]}
     assert len(groups) == 20 and set(groups.values()) == {(64, 16), (128, 16), (256, 16), (512, 16)}
     assert report["conversion"]["group_policy"] == "divisor"

@@ -49,7 +49,7 @@ def test_convert_to_gn_ws_gn_det_format(r18_file, tmp_path, capsys):
             assert key not in saved["model"]
         else:
             assert torch.equal(saved["model"][key], value), key
-    report = json.loads(out.with_suffix(".report.json").read_text())
+    report = json.loads(out.with_name(out.name + ".report.json").read_text())
     assert len(report["conversion"]["replaced"]) == 20 and len(report["conversion"]["ws_convs"]) == 20
     assert len(report["conversion"]["dropped_keys"]) == 60 and report["load"]["missing"] == []
     model = build_resnet_for_arch("resnet18", "GN+WS", num_classes=5)
@@ -82,7 +82,7 @@ def test_calibration_path(r18_file, tmp_path):
     out = tmp_path / "cal.pth"
     assert main([str(r18_file[0]), "--norm", "gn", "--calib-data", str(images), "--calib-images", "4",
                  "--calib-size", "32", "--output", str(out)]) == 0
-    report = json.loads(out.with_suffix(".report.json").read_text())
+    report = json.loads(out.with_name(out.name + ".report.json").read_text())
     assert report["calibration"] is not None and report["meta"]["calibrated"] is True
 
 

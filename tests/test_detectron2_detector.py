@@ -346,7 +346,7 @@ def test_cli_exports_a_trained_detector_to_detectron2(tmp_path, capsys):
     assert sorted(raw["model"]) == sorted(conversion.state_dict)
     for k, v in conversion.state_dict.items():
         assert np.array_equal(raw["model"][k], v.numpy()), k
-    report = json.loads(out.with_suffix(".report.json").read_text())
+    report = json.loads(out.with_name(out.name + ".report.json").read_text())
     assert report["meta"]["ws_convs_folded"] == 20 and report["output_format"] == "detectron2"
     assert len(report["export"]["mapped"]) == 124
 

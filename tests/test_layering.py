@@ -18,6 +18,7 @@ FORBIDDEN = {
     "evaluation": {"modeling", "engine", "tasks", "cli", "convert"},
     "engine": {"modeling", "evaluation", "data", "tasks", "cli", "convert"},
     "tasks": {"cli"},
+    "export": {"engine", "evaluation", "tasks", "cli", "convert"},
 }
 
 

@@ -384,7 +384,9 @@ def check_output_format(output_format: str, *, ws: bool, stride_in_1x1: bool) ->
     if ws:
         raise CheckpointError("torchvision ResNets have no WS convs, so GN+WS weights in a torchvision "
                               ".pth would load silently wrong; use --output-format gn_det (keeps WS), or "
-                              "detectron2 / caffe2 (WS folded into the conv weights, exact at inference)")
+                              "detectron2 / caffe2 (WS folded into the conv weights, exact at inference); for "
+                              "torchvision, fold WS in a second step: gn-det-convert GN_WS_FILE.pth --norm gn "
+                              "--output-format torchvision")
     if stride_in_1x1:
         raise CheckpointError("these weights put the stride on the 1x1 conv, but torchvision ResNets "
                               "put it on the 3x3: a torchvision .pth would load silently wrong; "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -115,6 +116,12 @@ def _has_ws_conv(model: nn.Module) -> bool:
     return any(isinstance(m, (WSConv2d, WSConv3d)) for m in model.modules())
 
 
+def _plain_norm(meta: dict) -> str:
+    """The converter's --norm that keeps a WS checkpoint's norm and folds its WS ("GN+WS" -> "gn")."""
+    name = str(meta.get("norm") or "GN")
+    return name.upper().replace("+WS", "").lower() or "gn"
+
+
 def check_resnet_compatible(ckpt: Checkpoint, target: nn.Module, *, stride_in_1x1: bool) -> None:
     """Refuse ResNet weights that would load into ``target`` but compute something else.
 
@@ -125,10 +132,12 @@ def check_resnet_compatible(ckpt: Checkpoint, target: nn.Module, *, stride_in_1x
     where = f"checkpoint {ckpt.path}" if ckpt.path else "the checkpoint"
     _check_stride(target, ckpt.meta, stride_in_1x1, where)
     if ckpt.meta.get("ws") and not _has_ws_conv(target):
+        src = ckpt.path or "FILE.pth"
+        folded = str(Path(src).with_name(Path(src).stem + "_ws_folded.pth"))
         raise CheckpointError(f"{where} holds Weight-Standardized conv weights but the model has no WS "
                               f"convs; build it with a '+WS' norm (e.g. MODEL.RESNETS.NORM 'GN+WS'), or fold WS "
-                              f"into the conv weights first (exact at inference): gn-det-convert "
-                              f"{ckpt.path or 'FILE'} --norm gn")
+                              f"into plain conv weights first (exact at inference) and load that file: "
+                              f"gn-det-convert {src} --norm {_plain_norm(ckpt.meta)} --output {folded}")
 
 
 def load_into_model(model: nn.Module, ckpt: Checkpoint | str | os.PathLike, *, stride_in_1x1: bool,

@@ -4,7 +4,9 @@ Every caller (``--resume``, MODEL.WEIGHTS for training, ``--eval-only``, ``tools
 goes through :func:`load_weights`:
 
 1. **read** the file once and safely (:func:`gn_det.checkpoint.formats.load_raw`:
-   ``weights_only`` for ``.pth``, the restricted unpickler for ``.pkl``);
+   ``weights_only`` for ``.pth``, the restricted unpickler for ``.pkl``); a name such as
+   ``catalog://ImageNetPretrained/FAIR/R-50-GN`` or ``torchvision://resnet50`` is first resolved to
+   a file downloaded once into the cache (:mod:`gn_det.checkpoint.weight_urls`);
 2. **transform** its content into the model's state-dict names: a task's
    ``weights_transform`` renames between formats, converts norms, inflates 2D to 3D, ... and
    returns :class:`WeightsForModel`; the default takes the file's ``"model"`` entry (or the file
@@ -35,6 +37,7 @@ from torch import nn
 
 from .formats import load_raw
 from .io import CheckpointError
+from .weight_urls import is_weights_url, resolve_weights
 
 __all__ = ["LoadPolicy", "IncompleteWeightsError", "RESUME", "init_policy", "WeightsForModel", "ModelLoadReport", "load_weights",
            "apply_weights", "default_weights_transform", "WeightsTransform"]
@@ -185,7 +188,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, policy: LoadPolicy, 
 
     Args:
         model: the (unwrapped) model, changed in place.
-        path: the weights file.
+        path: the weights file, or a name :mod:`gn_det.checkpoint.weight_urls` resolves
+            (``catalog://``, ``detectron2://``, ``torchvision://``, ``https://``, ``file://``):
+            downloaded once into the cache, converted once where its format needs it.
         policy: :data:`RESUME` or :func:`init_policy`.
         transform: ``transform(raw, path) -> WeightsForModel``; default
             :func:`default_weights_transform`.
@@ -197,10 +202,13 @@ def load_weights(model: nn.Module, path: str | os.PathLike, policy: LoadPolicy, 
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        CheckpointError: unreadable or unsafe file, or weights the policy refuses.
+        CheckpointError: unreadable or unsafe file, weights the policy refuses, or a name that
+            cannot be resolved (:class:`~gn_det.checkpoint.weight_urls.WeightsUnavailableError` offline).
     """
     source = os.fspath(path)
     if raw is None:
+        if is_weights_url(source):
+            source = os.fspath(resolve_weights(source))
         if not os.path.exists(source):  # a directory is named as such by load_raw
             raise FileNotFoundError(f"weights file not found: {source!r}")
         raw = load_raw(source)

@@ -32,12 +32,11 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from tqdm import tqdm
-
 from gn_det.data.video.annotations import FORMATS, AnnotationError, load_video_list, write_video_list
 from gn_det.data.video.decode import VideoDecodeError, probe
 from gn_det.data.video.sampling import required_frames
 from gn_det.utils.io import atomic_write_text
+from gn_det.utils.progress import progress_bar
 from gn_det.utils.table import format_table
 
 __all__ = ["main", "build_parser", "check_file", "check_video_list"]
@@ -145,7 +144,7 @@ def check_video_list(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Pa
             first_row[r.path] = i
     paths = list(first_row)
     jobs = [(p, needed, args.quick) for p in paths]
-    bar = tqdm(total=len(jobs), desc="check videos", unit="video", disable=args.no_progress)
+    bar = progress_bar(total=len(jobs), desc="check videos", unit="video", disable=args.no_progress)
     results: dict[str, dict[str, Any]] = {}
     if args.workers == 0:
         iterator = map(_check_one, jobs)

@@ -4,11 +4,19 @@ Steps: read the checkpoint (any of torchvision / gn_det / detectron2 / Caffe2, f
 build the torchvision ResNet it came from (depth and stride placement from the file), load it
 refusing anything silently wrong, replace the norms (and WS convs), optionally calibrate GN
 gamma/beta on a folder of images, write the result, print the report and save it as JSON beside
-the output (``<output stem>.report.json``).
+the output (``<output file name>.report.json``: ``R-50-gn.pth.report.json``, so converting to
+``R-50-gn.pkl`` as well keeps both reports).
+
+The input may be a name instead of a file (:mod:`gn_det.checkpoint.weight_urls`):
+``catalog://ImageNetPretrained/MSRA/R-50``, ``detectron2://...``, ``torchvision://resnet50``,
+``https://...``, ``file://...``: downloaded once into ``$GN_DET_CACHE/weights``; the default output
+then goes to the current folder. Offline, one line names the URL and the cache path to place the
+file at by hand (exit 2).
 
 Examples::
 
     gn-det-convert resnet50-0676ba61.pth --norm gn+ws --output r50_gnws.pth
+    gn-det-convert torchvision://ResNet50_Weights.IMAGENET1K_V1 --norm gn --output R-50-gn.pth
     gn-det-convert R-50.pkl --norm gn --calib-data imagenet/val --calib-images 64 \
         --output r50_gn.pkl --output-format detectron2
     gn-det-convert model_final.pth --config-file config.yaml --output-format detectron2
@@ -27,6 +35,7 @@ import copy
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -52,7 +61,8 @@ _TRACE_SIZE = 64  # side of the example input traced to find conv -> norm pairs
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (see the module docstring)."""
     p = argparse.ArgumentParser(prog=_PROG, description="Convert a BatchNorm ResNet checkpoint to GN or GN+WS.")
-    p.add_argument("input", help="checkpoint file (.pth or .pkl)")
+    p.add_argument("input", help="checkpoint file (.pth or .pkl), or a name: catalog://ImageNetPretrained/MSRA/R-50, "
+                                 "detectron2://..., torchvision://resnet50, https://..., file://...")
     p.add_argument("--source-format", default="auto", choices=("auto",) + FORMATS)
     p.add_argument("--arch", choices=sorted(RESNET_ARCHS), help="ResNet depth (default: from the checkpoint)")
     p.add_argument("--norm", default="gn+ws",
@@ -81,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _default_output(args: argparse.Namespace, norm_label: str) -> Path:
     suffix = ".pkl" if args.output_format in ("detectron2", "caffe2") else ".pth"
     src = Path(args.input)
+    if getattr(args, "input_name", None):  # downloaded into the cache: write into the current folder
+        src = Path(src.name)
     return src.with_name(f"{src.stem}_{norm_label.lower().replace('+', '')}{suffix}")
 
 
@@ -95,7 +107,11 @@ def _calibrate(args, reference, converted):
     from ..convert.calibrate import calibrate
     from ..data.image_folder import load_image_folder
 
-    images = load_image_folder(args.calib_data, args.calib_images, image_size=args.calib_size, seed=0)
+    with warnings.catch_warnings(record=True) as caught:  # a shortfall is news for the user, not a warning
+        warnings.simplefilter("always")
+        images = load_image_folder(args.calib_data, args.calib_images, image_size=args.calib_size, seed=0)
+    for w in caught:
+        print(f"{_PROG}: calibration: {w.message}", file=sys.stderr)
     return calibrate(reference, converted, images.images, progress=True)
 
 
@@ -142,6 +158,7 @@ def convert(args: argparse.Namespace) -> dict:
 
     t = time.perf_counter()
     output = Path(args.output) if args.output else _default_output(args, str(target))
+    report_path = output.with_name(output.name + ".report.json")
     meta = make_meta(ckpt.meta.get("source_format", "unknown"), target.name, ws=target.ws,
                      ws_mode=target.ws_mode, stride_in_1x1=bool(stride_in_1x1),
                      stride_source=ckpt.meta.get("stride_source", ""),
@@ -155,7 +172,7 @@ def convert(args: argparse.Namespace) -> dict:
               "source_keys_dropped": ckpt.dropped, "conversion": conv_report.to_dict(),
               "calibration": None if calib_report is None else calib_report.to_dict(),
               "ws_convs_folded": folded, "keys_not_written": skipped, "seconds": timings}
-    text = [load_report.to_text(), "", conv_report.to_text()]
+    text = [load_report.to_text(), "", conv_report.to_text(report_file=str(report_path))]
     if folded:
         text.append(f"folded {folded} WS convs into plain convs (the source was trained with WS, "
                     f"the target {target} has none)")
@@ -170,11 +187,19 @@ def convert(args: argparse.Namespace) -> dict:
     if target.ws and args.output_format in WS_FOLDING_FORMATS:
         text.append(f"{args.output_format} has no WS convs: WS is folded into the conv weights (exact at "
                     f"inference); {args.output_format} will fine-tune them as plain convs")
-    report_path = output.with_suffix(".report.json")
     atomic_write_text(json.dumps(report, indent=2, default=str), report_path)
     text += ["", f"wrote {output} ({args.output_format}) and {report_path}"]
     print("\n".join(text))
     return report
+
+
+def _resolve_input(args: argparse.Namespace) -> None:
+    """A weights name as input: download (and convert) it once; ``args.input`` becomes the local file."""
+    from ..checkpoint.weight_urls import is_weights_url, resolve_weights
+
+    if is_weights_url(args.input):
+        args.input_name = args.input
+        args.input = str(resolve_weights(args.input))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{_PROG}: error: --calib-images must be positive, got {args.calib_images}", file=sys.stderr)
         return 2
     try:
+        _resolve_input(args)
         raw = load_raw(args.input, args.source_format)
         if is_detector_checkpoint(raw):  # a whole Mask R-CNN: names and rows, no norm conversion
             convert_detector(args, raw, parser)

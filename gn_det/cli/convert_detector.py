@@ -8,7 +8,7 @@ one loading path (MODEL.WEIGHTS's: names, class rows and anchor order converted,
 :mod:`gn_det.checkpoint.detectron2_detector`) and must fill the model; then they are written.
 Into detectron2, WS convs are folded into plain convs (exact at inference) and the background
 rows detectron2 has no place for are dropped; both are in the report
-(``<output stem>.report.json``).
+(``<output file name>.report.json``).
 
 Example::
 
@@ -94,7 +94,9 @@ def convert_detector(args: argparse.Namespace, raw: Any, parser: argparse.Argume
     load = _load(cfg, model, args, raw, config)
     src = Path(args.input)
     suffix = {"detectron2": "_d2.pkl", "gn_det": "_gn_det.pth"}[args.output_format]
-    output = Path(args.output) if args.output else src.with_name(src.stem + suffix)
+    # a downloaded input lives in the cache: the default output goes to the current folder
+    default = Path(src.stem + suffix) if getattr(args, "input_name", None) else src.with_name(src.stem + suffix)
+    output = Path(args.output) if args.output else default
     report = {"input": str(src), "config": config, "output": str(output), "output_format": args.output_format,
               "load": {"summary": load.summary(), "notes": load.notes, "unexpected": load.unexpected}}
     text = [load.to_text()]
@@ -109,7 +111,7 @@ def convert_detector(args: argparse.Namespace, raw: Any, parser: argparse.Argume
                           "pixel_std": list(cfg.MODEL.PIXEL_STD)}}
         atomic_save({"model": model.state_dict(), "meta": meta}, output)
         report["meta"] = meta
-    report_path = output.with_suffix(".report.json")
+    report_path = output.with_name(output.name + ".report.json")
     atomic_write_text(json.dumps(report, indent=2, default=str), report_path)
     print("\n".join(text + ["", f"wrote {output} ({args.output_format}) and {report_path}"]))
     return report

@@ -31,12 +31,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Sequence
 
-import av
-from tqdm import tqdm
-
-from gn_det.data.video.decode import VideoDecodeError, open_video
-from gn_det.data.video.synthetic import pick_encoder
+# PyAV and gn_det.data (torch) are imported where used, so that --help answers at once.
 from gn_det.utils.io import atomic_write_file
+from gn_det.utils.progress import progress_bar
 
 __all__ = ["main", "build_parser", "find_videos", "output_path", "reencode_video"]
 
@@ -96,6 +93,11 @@ def reencode_video(src: str | os.PathLike, dst: str | os.PathLike, *, short_side
     Raises:
         VideoDecodeError: the source cannot be read (nothing is written).
     """
+    import av
+
+    from gn_det.data.video.decode import VideoDecodeError, open_video
+    from gn_det.data.video.synthetic import pick_encoder
+
     src, dst = str(src), Path(dst)
     encoder = pick_encoder() if codec == "auto" else codec
     container, stream = open_video(src)
@@ -157,6 +159,8 @@ def reencode_video(src: str | os.PathLike, dst: str | os.PathLike, *, short_side
 
 def _job(args: tuple) -> tuple[str, str, str | None]:
     """(src, "done" | "skipped" | "failed", reason)."""
+    from gn_det.data.video.decode import VideoDecodeError
+
     src, dst, options = args
     if os.path.isfile(dst) and os.path.getsize(dst) > 0:
         return src, "skipped", None
@@ -185,6 +189,8 @@ def prepare_videos(args: argparse.Namespace) -> dict[str, list]:
     src_abs, dst_abs = src_root.resolve(), dst_root.resolve()
     if dst_abs == src_abs or src_abs in dst_abs.parents:
         raise ValueError(f"the output folder {dst_root} must not be inside the input folder {src_root}")
+    import av
+
     if args.codec != "auto" and args.codec not in av.codecs_available:
         raise ValueError(f"unknown encoder {args.codec!r} in this PyAV build; try auto, libx264 or mpeg4")
     videos = find_videos(src_root, [e.strip() for e in args.ext.split(",") if e.strip()])
@@ -201,7 +207,7 @@ def prepare_videos(args: argparse.Namespace) -> dict[str, list]:
             continue
         seen[dst] = v
         jobs.append((str(v), str(dst), options))
-    with tqdm(total=len(jobs), desc="prepare videos", unit="video", disable=args.no_progress) as bar:
+    with progress_bar(total=len(jobs), desc="prepare videos", unit="video", disable=args.no_progress) as bar:
         if args.workers == 0:
             outcomes = map(_job, jobs)
             for src, status, reason in outcomes:

@@ -24,6 +24,10 @@ Exit codes:
   answering (after ``--dist-timeout``);
 * 130: interrupted (Ctrl-C).
 
+CPU threads: each local process gets (usable cores // processes) threads and
+``OMP_WAIT_POLICY=PASSIVE`` (logged at the start of log.txt); ``OMP_NUM_THREADS``,
+``OMP_WAIT_POLICY`` or ``GN_DET_THREAD_POLICY=off`` override it (:mod:`gn_det.utils.threads`).
+
 Multi-machine: ``--rendezvous-timeout`` and ``--dist-timeout`` (seconds; or the environment
 variables ``GN_DET_RENDEZVOUS_TIMEOUT`` and ``GN_DET_DIST_TIMEOUT``; default 1800 each) bound how
 long processes wait for each other at the start and in each collective.
@@ -41,15 +45,15 @@ import tempfile
 from datetime import timedelta
 from typing import Sequence
 
-import torch
-
+# Nothing here imports torch at module level: --help and config errors answer at once, and the
+# thread policy (gn_det.utils.threads) is set before torch starts.
 from .. import tasks  # noqa: F401  (registers the built-in tasks and the installed plugins' tasks)
-from ..checkpoint.io import CheckpointError
 from ..config import ConfigError, load_config
 from ..engine.launch import (DIST_TIMEOUT_ENV, RENDEZVOUS_TIMEOUT_ENV, RunFailure, describe_exception, launch,
                              timeout_setting, torchrun_env)
 from ..engine.rank_failures import EXIT_TRAINING_FAILED, EXIT_USER_ERROR, exception_chain
 from ..engine.task import get_task
+from ..utils.threads import apply_thread_policy, thread_policy_line
 
 __all__ = ["build_parser", "main", "setup_cfg", "describe_failure"]
 
@@ -117,6 +121,7 @@ def _worker(args: argparse.Namespace) -> None:
     from ..engine.trainer import Trainer, load_model_weights, resolve_device
 
     cfg = default_setup(setup_cfg(args), args)
+    logger.info(thread_policy_line(apply_thread_policy(_local_processes(args))))
     task = get_task(cfg.TASK)
     if args.eval_only:
         model = task.build_model(cfg).to(resolve_device(cfg.MODEL.DEVICE))
@@ -142,6 +147,8 @@ def _worker(args: argparse.Namespace) -> None:
 def describe_failure(exc: BaseException) -> tuple[int, str]:
     """The exit code and the one line a user reads for an exception that ended a run (in any
     process; the traceback goes to the log file)."""
+    from ..checkpoint.io import CheckpointError
+
     if isinstance(exc, (ConfigError, CheckpointError, FileNotFoundError) + _data_errors()):
         return USER_ERROR, str(exc)
     if isinstance(exc, FloatingPointError):
@@ -187,14 +194,15 @@ def _file_system_failure(exc: BaseException) -> tuple[int, str] | None:
     return None
 
 
-def _check_output_dir(path: str) -> None:
-    """Fail before any process starts when OUTPUT_DIR cannot be created or written to."""
+def _check_output_dir(path: str, name: str = "OUTPUT_DIR") -> None:
+    """Fail before any process starts when OUTPUT_DIR (or the folder ``name`` sets) cannot be created
+    or written to."""
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:
-        raise ConfigError(f"OUTPUT_DIR {path!r} is not writable ({e.strerror}); set OUTPUT_DIR to a folder "
+        raise ConfigError(f"{name} {path!r} is not writable ({e.strerror}); set {name} to a folder "
                           f"you can write") from None
 
 
@@ -228,8 +236,18 @@ def _check_launch_args(parser: argparse.ArgumentParser, args: argparse.Namespace
     if args.num_machines > 1 and args.dist_url in ("", "auto"):
         parser.error("--num-machines > 1 needs --dist-url tcp://<machine 0 address>:<port>, the same on "
                      "every machine")
-    if torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count() and torchrun_env() is None:
+    if args.num_gpus == 1 or torchrun_env() is not None:
+        return
+    import torch  # only here: one process needs no GPU count, and torch takes seconds to import
+
+    if torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count():
         parser.error(f"--num-gpus {args.num_gpus} but only {torch.cuda.device_count()} GPUs are visible")
+
+
+def _local_processes(args: argparse.Namespace) -> int:
+    """Processes of the job on this machine (they share its cores)."""
+    env = torchrun_env()
+    return env["LOCAL_WORLD_SIZE"] if env else args.num_gpus
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
+    apply_thread_policy(_local_processes(args))  # before anything imports torch (gn_det.utils.threads)
     _check_launch_args(parser, args)
     dist_timeout, rendezvous_timeout = _timeouts(parser, args)
     try:

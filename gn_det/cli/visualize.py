@@ -5,12 +5,16 @@ Two sources of predictions:
 - a COCO results json, such as ``coco_instances_results.json`` written by the evaluator::
 
       python tools/visualize.py --config-file configs/synthetic/mask_rcnn_R_18_FPN_gn_demo.yaml \\
-          --results output/inference/<dataset>/coco_instances_results.json --output output/vis
+          --results output/mask_rcnn_R_18_FPN_gn_demo/inference/synthetic_val/coco_instances_results.json \\
+          --output output/vis
 
 - a trained model, run on the first images of a dataset::
 
       python tools/visualize.py --config-file configs/synthetic/mask_rcnn_R_18_FPN_gn_demo.yaml \\
-          --weights output/model_final.pth --output output/vis --num-images 8
+          --weights output/mask_rcnn_R_18_FPN_gn_demo/model_final.pth --output output/vis --num-images 8
+
+  (both files are written by the quick start, ``gn-det-train --config-file`` that config). For your
+  own images, without a dataset, use ``gn-det-demo`` (``tools/demo.py``).
 
 The images come from a registered dataset (``--dataset``; default the config's
 DATASETS.TEST[0]) or a COCO json and its image folder (``--json``, ``--image-root``).
@@ -27,12 +31,12 @@ import sys
 from typing import Sequence
 
 import torch
-from tqdm import tqdm
 
 from gn_det import tasks  # noqa: F401  (registers the built-in tasks)
 from gn_det.checkpoint.io import CheckpointError
 from gn_det.data.coco_dataset import load_coco_json
 from gn_det.utils.image_io import ImageReadError, read_image
+from gn_det.utils.progress import progress_bar
 from gn_det.utils.visualizer import draw_coco_annotations, save_png
 
 __all__ = ["main"]
@@ -83,12 +87,13 @@ def _predict_with_model(cfg, weights: str, dataset_name: str, image_ids: Sequenc
     try:  # the same loading path (and policy) as training and --eval-only
         load_model_weights(cfg, model, weights, task)
     except (CheckpointError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None  # a user error, as gn-det-train's
     model.eval()
     info = COCODatasetInfo.from_dataset_name(dataset_name, cfg)
     wanted = set(image_ids)
     results: list[dict] = []
-    with torch.no_grad(), tqdm(total=len(wanted), desc="predict", unit="img") as bar:
+    with torch.no_grad(), progress_bar(total=len(wanted), desc="predict", unit="img") as bar:
         for batch in task.build_test_loader(cfg, dataset_name):
             batch = [x for x in batch if int(x["image_id"]) in wanted]
             if not batch:
@@ -139,10 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.weights and not args.config_file:
         raise SystemExit("--weights needs --config-file, the config the model was trained with")
+    if args.weights and not os.path.exists(args.weights):  # before a dataset is read or generated
+        parser.exit(2, f"{parser.prog}: error: --weights {args.weights!r}: no such file; give the "
+                       f"model_final.pth a training run wrote into its OUTPUT_DIR\n")
     cfg = _load_cfg(args)
     dataset_name, json_file, image_root = _resolve_dataset(args, cfg)
     coco = load_coco_json(json_file)
@@ -165,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         by_image.setdefault(int(r["image_id"]), []).append(r)
 
     os.makedirs(args.output, exist_ok=True)
-    for image_id in tqdm(image_ids, desc="draw", unit="img"):
+    for image_id in progress_bar(image_ids, desc="draw", unit="img"):
         info = coco.imgs[image_id]
         try:
             image = read_image(os.path.join(image_root, info["file_name"]))

@@ -212,6 +212,10 @@ def _positive(v: Any) -> bool:
     return math.isfinite(v) and v > 0
 
 
+AMP_DTYPES = ("auto", "float16", "bfloat16")
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_SCOPES = ("backbone", "model")
+
 # (shared key, test its value must pass, what it must be): values every task's engine or loaders
 # would otherwise refuse deep inside (fvcore's scheduler, torch's optimizer, the DataLoader).
 _SHARED_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
@@ -244,6 +248,9 @@ _SHARED_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("MODEL.BACKBONE.FREEZE_AT", lambda v: 0 <= v <= 5, "0 (train all) to 5 (freeze the stem and res2..res5)"),
     ("MODEL.RESNETS.NUM_GROUPS", _at_least(1), "ResNeXt cardinality, >= 1 (1: ResNet)"),
     ("MODEL.RESNETS.WIDTH_PER_GROUP", _at_least(1), "channels per ResNeXt group, >= 1 (64: ResNet)"),
+    ("SOLVER.AMP.DTYPE", lambda v: v in AMP_DTYPES, f"one of {AMP_DTYPES}"),
+    ("MODEL.COMPILE.MODE", lambda v: v in COMPILE_MODES, f"one of {COMPILE_MODES} ('': no torch.compile)"),
+    ("MODEL.COMPILE.SCOPE", lambda v: v in COMPILE_SCOPES, f"one of {COMPILE_SCOPES}"),
 )
 
 

@@ -31,6 +31,18 @@ _C.MODEL.WEIGHTS_ALLOW_EMPTY_PARTS = []
 # Pixel mean/std in INPUT.FORMAT order, 0-255 range (torchvision's ImageNet values, RGB).
 _C.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
 _C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+# Speed options, measured in benchmarks/bench_options.py (README "Speed options"). Off by default:
+# channels_last and compile made the CPU demo's step slower or no faster; SOLVER.AMP (bf16) made it
+# faster on a CPU with AVX512-BF16 but changes the numerics, so it stays opt-in.
+# Weights (4-D: channels_last, 5-D: channels_last_3d) and so the conv outputs in NHWC order.
+_C.MODEL.CHANNELS_LAST = False
+_C.MODEL.COMPILE = CN()
+# torch.compile mode: "" (off), "default", "reduce-overhead", "max-autotune",
+# "max-autotune-no-cudagraphs". Compilation happens on the first steps; weights keep their names.
+_C.MODEL.COMPILE.MODE = ""
+# What to compile: "backbone" (model.backbone: fixed-shape convs, where compile pays) or "model"
+# (everything; detection heads have data-dependent shapes and break the graph often).
+_C.MODEL.COMPILE.SCOPE = "backbone"
 
 # Shared GroupNorm / WS settings (detectron2 always uses 32 groups and eps 1e-5).
 _C.MODEL.GROUP_NORM = CN()
@@ -88,6 +100,9 @@ _C.SOLVER.CHECKPOINT_PERIOD = 5000
 _C.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
 _C.SOLVER.AMP = CN()
 _C.SOLVER.AMP.ENABLED = False
+# Autocast dtype: "auto" (float16 with a GradScaler on CUDA, bfloat16 elsewhere), "float16"
+# (CUDA only, with a GradScaler) or "bfloat16" (no GradScaler: it has float32's range).
+_C.SOLVER.AMP.DTYPE = "auto"
 _C.SOLVER.CLIP_GRADIENTS = CN()
 _C.SOLVER.CLIP_GRADIENTS.ENABLED = False
 _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"  # "norm" | "value"

@@ -36,9 +36,9 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from gn_det.layers.conv_norm import BATCH_NORM_TYPES, batch_norm_channels
+from gn_det.utils.progress import progress_bar
 from gn_det.utils.table import format_table
 
 from .modes import eval_mode
@@ -287,7 +287,7 @@ def _record_output_moments(model: nn.Module, layers: Sequence[tuple[str, nn.Modu
     handles = [module.register_forward_hook(make_hook(name)) for name, module in layers]
     device = _device_of(model)
     try:
-        for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        for batch in progress_bar(batches, desc=desc, disable=not progress, leave=False):
             calls.clear()
             model(batch.to(device))
     finally:
@@ -342,7 +342,7 @@ def calibrate(reference: nn.Module, converted: nn.Module, images: torch.Tensor |
         before = (_record_output_moments(converted, [(n, g) for n, _, g in pairs], batches,
                                          "calibrate: before", progress) if measure_before else {})
         results: dict[str, LayerCalibration] = {}
-        bar = tqdm(total=len(pairs), desc="calibrate: GN layers", disable=not progress, leave=False)
+        bar = progress_bar(total=len(pairs), desc="calibrate: GN layers", disable=not progress, leave=False)
 
         def make_hook(name: str, ref: nn.Module):
             def hook(gn: nn.GroupNorm, args):

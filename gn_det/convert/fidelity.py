@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+
+from gn_det.utils.progress import progress_bar
 
 from .modes import eval_mode
 
@@ -61,7 +62,7 @@ def extract_features(model: nn.Module, images: torch.Tensor, *, classifier: str 
     logits = []
     try:
         with eval_mode(model):
-            for batch in tqdm(images.split(batch_size), desc="features", disable=not progress, leave=False):
+            for batch in progress_bar(images.split(batch_size), desc="features", disable=not progress, leave=False):
                 logits.append(model(batch.to(device)).float().cpu())
     finally:
         handle.remove()

@@ -95,8 +95,9 @@ class ConversionReport:
         """Plain-JSON form (nested dataclasses become dicts)."""
         return asdict(self)
 
-    def to_text(self) -> str:
-        """A table of replaced layers, then WS convs, left-alone layers and dropped keys."""
+    def to_text(self, report_file: str | None = None) -> str:
+        """A table of replaced layers, then WS convs, left-alone layers and dropped keys (counted by
+        kind; the full list is ``dropped_keys`` in ``report_file``, the JSON report, when given)."""
         rows = [(r.name or "<root>", r.old_type, r.new_type, str(r.channels),
                  "-" if r.groups is None else str(r.groups),
                  "-" if r.groups is None else str(r.channels // r.groups), r.note) for r in self.replaced]
@@ -126,5 +127,6 @@ class ConversionReport:
             for key in self.dropped_keys:
                 kinds[key.rsplit(".", 1)[-1]] = kinds.get(key.rsplit(".", 1)[-1], 0) + 1
             lines.append("dropped keys: " + ", ".join(f"{n} x {k}" for k, n in kinds.items())
-                         + " (full list in to_dict())")
+                         + (f" (full list: \"dropped_keys\" in {report_file})" if report_file
+                            else " (full list: dropped_keys)"))
         return "\n".join(lines)

@@ -334,8 +334,10 @@ def _group_errors(spec: NormSpec, sizes: list[tuple[str, int]]) -> str | None:
     split = (f"{spec.channels_per_group} channels per group" if spec.channels_per_group
              else f"{spec.num_groups} groups")
     return (f"GroupNorm with {split} (strict group policy) does not divide the channels of {len(bad)} "
-            f"layer(s): {', '.join(bad)}; use group_policy 'divisor' (largest count <= {spec.num_groups} "
-            f"dividing C) or 'channels_per_group' (gn-det-convert --group-policy), or another group count")
+            f"layer(s): {', '.join(bad)}; use group policy 'divisor' (the largest count <= {spec.num_groups} "
+            f"dividing C), 'channels_per_group' with a group size, or another group count; with gn-det-convert: "
+            f"`--group-policy divisor`, `--group-policy channels_per_group --channels-per-group 16` or "
+            f"`--num-groups N`")
 
 
 def convert_model(model: nn.Module, norm: str | NormSpec = "GN", *, example_input=None,

@@ -228,6 +228,8 @@ class CocoDetectionDataset(Dataset):
         self.transform = transform
         self.with_masks = with_masks
 
+        # a large json takes a while: say so in the log, which shows no bar (the summary below ends it)
+        logger.info("%s: reading and indexing %s", self.name, self.json_file)
         coco = load_coco_json(self.json_file)
         self.class_names, self.label_to_category_id = contiguous_category_maps(
             coco.dataset["categories"]

@@ -17,9 +17,9 @@ from typing import Callable
 import torch
 from PIL import Image
 from torchvision import transforms
-from tqdm import tqdm
 
 from gn_det.utils.image_io import ImageReadError, read_image_pil
+from gn_det.utils.progress import progress_bar
 
 __all__ = ["IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageFolderError", "LoadedImages",
            "find_images", "build_eval_transform", "load_image_folder"]
@@ -120,7 +120,7 @@ def load_image_folder(root: str | Path, num_images: int | None = None, *, image_
         raise ValueError(f"num_images must be positive, got {num_images}")
     transform = build_eval_transform(image_size, resize_size)
     images, labels, loaded, skipped = [], [], [], []
-    with tqdm(total=min(wanted, len(paths)), desc=f"loading {root.name or root}",
+    with progress_bar(total=min(wanted, len(paths)), desc=f"loading {root.name or root}",
               disable=not progress, leave=False) as bar:
         for i in order:
             if len(loaded) == wanted:

@@ -21,6 +21,7 @@ the image is painted from those masks, so ``annToMask`` returns exactly the draw
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -28,14 +29,15 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from gn_det.utils.io import atomic_write_file, atomic_write_text
 from gn_det.utils.coco_mask import decode_segmentation
+from gn_det.utils.progress import LoggedProgress, progress_bar
 
 __all__ = ["SHAPE_CLASSES", "GENERATOR_VERSION", "generate_synthetic_coco"]
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
+logger = logging.getLogger(__name__)
 # Bump when the output for a given seed changes, so cached sets are regenerated.
 GENERATOR_VERSION = 2
 # Non-contiguous on purpose, as COCO's are (1..90 with gaps).
@@ -315,7 +317,8 @@ def generate_synthetic_coco(
 
     empty, crowd = _plan_special_images(num_images, seed, empty_fraction, crowd_fraction)
     images, annotations = [], []
-    for index in tqdm(range(num_images), desc="synthetic COCO", disable=not show_progress, unit="img"):
+    bar = progress_bar(range(num_images), desc="synthetic COCO", disable=not show_progress, unit="img")
+    for index in LoggedProgress(logger, f"synthetic COCO {out.name}", num_images, "images").track(bar):
         # One independent stream per image: image i does not depend on how many came before.
         rng = np.random.default_rng([seed, index])
         h, w = h0, w0

@@ -11,9 +11,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..utils import comm
+from ..utils.progress import progress_bar
 from .task import Evaluator, Task
 
 __all__ = ["inference_on_dataset", "evaluate_task", "flatten_results", "format_results_table",
@@ -48,7 +48,7 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable, evaluator: Eva
     model.eval()
     try:
         with torch.no_grad(), preserve_rng():
-            for inputs in tqdm(data_loader, total=total, desc=desc, disable=not comm.is_main_process(),
+            for inputs in progress_bar(data_loader, total=total, desc=desc, disable=not comm.is_main_process(),
                                leave=False, dynamic_ncols=True):
                 evaluator.process(inputs, model(inputs))
     finally:

@@ -49,14 +49,17 @@ from datetime import timedelta
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch.multiprocessing.spawn import ProcessException, ProcessRaisedException
-
-from ..utils import comm
+from ..utils.lazy import lazy_module
+from ..utils.threads import apply_thread_policy
 from .rank_failures import (EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, EXIT_UNEXPECTED, EXIT_USER_ERROR, Failure,
                             FailureBoard, first_line, is_peer_error)
+
+# imported on first use: the CLIs import this module for its settings before they need torch
+torch = lazy_module("torch")
+dist = lazy_module("torch.distributed")
+mp = lazy_module("torch.multiprocessing")
+_spawn = lazy_module("torch.multiprocessing.spawn")
+comm = lazy_module("gn_det.utils.comm")
 
 __all__ = ["launch", "find_free_port", "default_backend", "torchrun_env", "RunFailure", "timeout_setting",
            "describe_exception", "DEFAULT_TIMEOUT", "DIST_TIMEOUT_ENV", "RENDEZVOUS_TIMEOUT_ENV"]
@@ -314,7 +317,7 @@ def _spawn_and_join(main_func: Callable[..., Any], args: tuple, job: _Job, descr
                 p.terminate()
         raise RunFailure(EXIT_INTERRUPTED, f"interrupted (Ctrl-C): stopped the {job.procs_per_machine} "
                                            f"process(es) of machine {job.machine_rank}") from None
-    except ProcessException as e:
+    except _spawn.ProcessException as e:
         failure = _machine_failure(e, _drain(reports), job)
         raise RunFailure(failure.code, failure.line) from None
     finally:
@@ -333,7 +336,7 @@ def _drain(reports) -> dict[int, Failure]:
     return found
 
 
-def _machine_failure(exc: ProcessException, reports: dict[int, Failure], job: _Job) -> Failure:
+def _machine_failure(exc: _spawn.ProcessException, reports: dict[int, Failure], job: _Job) -> Failure:
     """The failure of this machine's processes: that of the first one to end (its own report,
     or the signal that killed it), else any report."""
     first = exc.error_index
@@ -349,7 +352,7 @@ def _machine_failure(exc: ProcessException, reports: dict[int, Failure], job: _J
     own = [f for f in reports.values() if f.own]
     if own or reports:
         return (own or list(reports.values()))[0]
-    if isinstance(exc, ProcessRaisedException):
+    if isinstance(exc, _spawn.ProcessRaisedException):
         lines = [s for s in exc.msg.strip().splitlines() if s.strip()]
         return Failure(rank, EXIT_UNEXPECTED, f"{job.where(rank)}: {lines[-1].strip() if lines else exc.msg}")
     code = getattr(exc, "exit_code", None) or EXIT_UNEXPECTED
@@ -362,9 +365,9 @@ def _distributed_worker(local_rank: int, main_func, job: _Job, args: tuple, desc
     # torch makes the launcher's death send SIGINT here; a launcher started in the background
     # (nohup, "&" in a script) passes SIGINT on as ignored, which would leave this worker training.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    if job.backend == "gloo" and "OMP_NUM_THREADS" not in os.environ:
-        # CPU workers share the machine's cores instead of each taking all of them.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.procs_per_machine))
+    # The local workers share the machine's cores instead of each taking all of them (the CLIs'
+    # policy, gn_det.utils.threads: the user's OMP_NUM_THREADS wins).
+    apply_thread_policy(procs=job.procs_per_machine)
     board = None
     try:
         board = _join(job, rank, local_rank)

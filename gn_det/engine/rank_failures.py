@@ -24,7 +24,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
-import torch.distributed as dist
+from ..utils.lazy import lazy_module
+
+dist = lazy_module("torch.distributed")  # imported on first use: the CLIs read this module's exit codes first
 
 __all__ = ["Failure", "FailureBoard", "is_peer_error", "first_line", "exception_chain", "HEARTBEAT_INTERVAL_S",
            "SILENCE_S", "EXIT_UNEXPECTED", "EXIT_USER_ERROR", "EXIT_TRAINING_FAILED", "EXIT_INTERRUPTED"]

@@ -43,7 +43,8 @@ NOTES = {
     "SOLVER.IMS_PER_BATCH": "the data stream resumes at iteration x the new batch, not exactly after the "
                             "samples the checkpoint saw",
 }
-_MODEL_RUNTIME = {"MODEL.DEVICE"}
+# how the model runs, not what it is: free to change on resume
+_MODEL_RUNTIME = {"MODEL.DEVICE", "MODEL.CHANNELS_LAST", "MODEL.COMPILE.MODE", "MODEL.COMPILE.SCOPE"}
 _NOT_COMPARED = {"OUTPUT_DIR"}
 
 

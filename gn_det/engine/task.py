@@ -38,12 +38,13 @@ Models move their inputs to their own device; the engine does not touch batches.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Protocol
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from ..config import register_task_config
 from ..utils.plugins import entry_point_names, load_entry_point
+
+if TYPE_CHECKING:  # torch only for the annotations: the CLIs read the tasks' config keys without it
+    from torch import nn
 
 __all__ = ["Task", "Evaluator", "TASK_REGISTRY", "register_task", "get_task"]
 

@@ -3,7 +3,8 @@
 :class:`Trainer` asks a :class:`~gn_det.engine.task.Task` for the model, the train loader and the
 evaluator, and supplies everything else: device placement and DDP, SGD with per-kind param
 groups, warmup + step lr schedule, a global batch (``SOLVER.IMS_PER_BATCH``) split into
-micro-batches per rank with gradient accumulation, optional AMP and gradient clipping,
+micro-batches per rank with gradient accumulation, optional AMP (SOLVER.AMP), channels_last
+weights (MODEL.CHANNELS_LAST), ``torch.compile`` (MODEL.COMPILE) and gradient clipping,
 non-finite loss detection, checkpoints with exact resume, periodic evaluation and logging.
 
 Failures a user can act on (see the README's "When things go wrong"):
@@ -29,8 +30,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+import importlib.util
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from typing import Any, Iterable, Iterator
@@ -38,7 +41,6 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from ..checkpoint.io import CheckpointError
 from ..checkpoint.model_loading import ModelLoadReport, init_policy, load_weights
@@ -46,6 +48,7 @@ from ..config import ConfigError
 from ..utils import comm
 from ..utils.events import ConsoleWriter, EventStorage, JSONWriter, TensorboardWriter
 from ..utils.io import atomic_write_text
+from ..utils.progress import progress_bar
 from . import hooks as hooks_mod
 from .checkpoint import Checkpointer, restore_rng_state, stored_config
 from .divergence import DivergenceWatch
@@ -56,7 +59,8 @@ from .resume import check_resume_config
 from .skipped import SkippedSampleLog
 from .task import Task, get_task
 
-__all__ = ["Trainer", "micro_batch_size", "resolve_device", "load_model_weights"]
+__all__ = ["Trainer", "micro_batch_size", "resolve_device", "load_model_weights", "to_channels_last",
+           "compile_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +120,43 @@ def load_model_weights(cfg, model: nn.Module, path: str, task: Task) -> ModelLoa
     return load_weights(model, path, policy, transform=transform)
 
 
+def to_channels_last(model: nn.Module) -> int:
+    """Store ``model``'s 4-D parameters and buffers channels_last and its 5-D ones channels_last_3d,
+    in place (``Module.to(memory_format=...)`` refuses a model holding both). Convolutions then
+    produce channels-last outputs from ordinary inputs. Returns the number of tensors converted.
+    """
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    converted = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        fmt = formats.get(t.dim())
+        if fmt is not None:
+            t.data = t.data.contiguous(memory_format=fmt)
+            converted += 1
+    return converted
+
+
+def compile_model(model: nn.Module, mode: str, scope: str, device: torch.device) -> nn.Module:
+    """``torch.compile`` ``model.backbone`` (scope "backbone") or ``model`` (scope "model") in
+    place (``Module.compile``: parameter names and checkpoints do not change); returns what
+    was compiled. Compilation itself happens on the first forward.
+
+    Raises:
+        ConfigError: the model has no backbone, or the compiler toolchain is missing.
+    """
+    target = model if scope == "model" else getattr(model, "backbone", None)
+    if not isinstance(target, nn.Module):
+        raise ConfigError(f"MODEL.COMPILE.SCOPE = 'backbone': {type(model).__name__} has no .backbone module; "
+                          f"use MODEL.COMPILE.SCOPE model, or MODEL.COMPILE.MODE '' (no compile)")
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise ConfigError(f"MODEL.COMPILE.MODE = {mode!r} on CUDA needs the triton package (pip install triton), "
+                          f"or set MODEL.COMPILE.MODE ''")
+    if device.type == "cpu" and not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")):
+        raise ConfigError(f"MODEL.COMPILE.MODE = {mode!r} on CPU needs a C++ compiler (g++ or clang++, or $CXX); "
+                          f"install one or set MODEL.COMPILE.MODE ''")
+    target.compile(mode=mode)
+    return target
+
+
 def _accepts_kwarg(fn, name: str) -> bool:
     try:
         params = inspect.signature(fn).parameters
@@ -148,10 +189,16 @@ class Trainer:
         self.device = resolve_device(cfg.MODEL.DEVICE)
 
         model = self.task.build_model(cfg).to(self.device)
+        if cfg.MODEL.CHANNELS_LAST:
+            logger.info("MODEL.CHANNELS_LAST: %d weight tensors stored channels-last", to_channels_last(model))
         self.unwrapped_model: nn.Module = model
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
         self.amp_dtype, self.scaler = self._setup_amp()
+        if cfg.MODEL.COMPILE.MODE:
+            target = compile_model(model, cfg.MODEL.COMPILE.MODE, cfg.MODEL.COMPILE.SCOPE, self.device)
+            logger.info("MODEL.COMPILE: torch.compile(mode=%r) on %s (%s); the first steps compile it",
+                        cfg.MODEL.COMPILE.MODE, cfg.MODEL.COMPILE.SCOPE, type(target).__name__)
         if self.world_size > 1:
             model = DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -187,10 +234,22 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- setup
     def _setup_amp(self) -> tuple[torch.dtype | None, Any]:
-        if not self.cfg.SOLVER.AMP.ENABLED:
+        """SOLVER.AMP -> (autocast dtype, GradScaler): float16 with a scaler (CUDA only), or
+        bfloat16 without one; "auto" is float16 on CUDA, bfloat16 elsewhere."""
+        amp = self.cfg.SOLVER.AMP
+        if not amp.ENABLED:
             return None, None
-        if self.device.type == "cuda":
+        cuda = self.device.type == "cuda"
+        name = amp.DTYPE if amp.DTYPE != "auto" else ("float16" if cuda else "bfloat16")
+        if name == "float16":
+            if not cuda:
+                raise ConfigError(f"SOLVER.AMP.DTYPE = 'float16' needs CUDA (its GradScaler keeps small gradients "
+                                  f"representable); use SOLVER.AMP.DTYPE bfloat16 on {self.device.type}")
+            logger.info("SOLVER.AMP: float16 autocast with a GradScaler")
             return torch.float16, torch.amp.GradScaler("cuda")
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"SOLVER.AMP.DTYPE = 'bfloat16': {torch.cuda.get_device_name(self.device)} has no "
+                              f"bfloat16 support; use SOLVER.AMP.DTYPE float16")
         logger.info("SOLVER.AMP on %s: bfloat16 autocast, no GradScaler (bf16 has fp32's range)",
                     self.device.type)
         return torch.bfloat16, None
@@ -325,8 +384,8 @@ class Trainer:
         self.divergence.start(self.unwrapped_model)
         self.iter = self.start_iter - 1
         self.finished = False
-        bar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
-                   disable=not comm.is_main_process())
+        bar = progress_bar(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
+                           disable=not comm.is_main_process())
         with EventStorage(self.start_iter) as self.storage:
             try:
                 for h in self.hooks:

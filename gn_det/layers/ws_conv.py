@@ -22,7 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["WSConfig", "WS_MODES", "standardize_weight", "WSConv2d", "WSConv3d", "WS_COUNTERPARTS", "fold_ws"]
 
@@ -53,14 +55,60 @@ def get_ws_config(mode: str) -> WSConfig:
 
 
 def standardize_weight(weight: torch.Tensor, mode: str = "authors") -> torch.Tensor:
-    """Standardize a conv weight per output channel, over all other dims."""
+    """Standardize a conv weight per output channel, over all other dims.
+
+    This runs on every forward of every WS conv, so it is written with the fewest kernels
+    (``benchmarks/bench_primitives.py`` measures it): "paper" and "timm" (biased variance,
+    eps inside the square root) are exactly a training-mode ``F.batch_norm`` over
+    ``weight.reshape(1, out, -1)``, one fused kernel each way, as timm's StdConv2d does.
+    "authors" (unbiased std, eps added to it) is no batch norm: one ``var_mean`` and one
+    fused multiply-add forward, and a hand-written backward (:class:`_AuthorsWS`).
+    """
     cfg = get_ws_config(mode)
+    if cfg.eps_inside_sqrt and not cfg.unbiased:
+        flat = weight.reshape(1, weight.shape[0], -1)
+        return F.batch_norm(flat, None, None, training=True, momentum=0.0, eps=cfg.eps).reshape_as(weight)
+    if cfg.unbiased and not cfg.eps_inside_sqrt:
+        return _AuthorsWS.apply(weight, cfg.eps)
+    # No named mode lands here; kept so any WSConfig is honoured.
     dims = tuple(range(1, weight.dim()))
-    # One fused pass for both moments: this runs on every forward of every WS conv.
     var, mean = torch.var_mean(weight, dim=dims, correction=int(cfg.unbiased), keepdim=True)
     if cfg.eps_inside_sqrt:
         return (weight - mean) * torch.rsqrt(var + cfg.eps)
     return (weight - mean) / (var.sqrt() + cfg.eps)
+
+
+class _AuthorsWS(torch.autograd.Function):
+    """y = (w - mean) / (std + eps), unbiased std per output channel, with a fused backward.
+
+    Autograd through ``var_mean`` and four elementwise ops runs about ten weight-sized kernels
+    per step; this runs two forward and five backward. With d = w - mean, s = std, D = s + eps
+    and n values per channel, dy/dw applied to g is::
+
+        g / D - sum(g) / (n D) - d * sum(g * d) / (D**2 (n - 1) s)
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        dims = tuple(range(1, weight.dim()))
+        var, mean = torch.var_mean(weight, dim=dims, correction=1, keepdim=True)
+        std = var.sqrt()
+        inv = (std + eps).reciprocal()
+        ctx.save_for_backward(weight, mean, std, inv)
+        return torch.addcmul(-mean * inv, weight, inv)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        weight, mean, std, inv = ctx.saved_tensors
+        dims = tuple(range(1, weight.dim()))
+        n = weight[0].numel()
+        centered = weight - mean
+        grad_sum = grad.sum(dims, keepdim=True)
+        grad_dot = (grad * centered).sum(dims, keepdim=True)
+        coef = grad_dot * inv * inv / ((n - 1) * std)
+        out = torch.addcmul(-grad_sum * inv / n, grad, inv)
+        return out.addcmul_(centered, coef, value=-1), None
 
 
 class _WSMixin:

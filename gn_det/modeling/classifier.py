@@ -77,7 +77,13 @@ class ResNetClassifier(nn.Module):
         sizes = {tuple(d["image"].shape) for d in batch}
         if len(sizes) > 1:
             raise ValueError(f"images of one batch must share one size (the loader crops them), got {sorted(sizes)}")
-        images = torch.stack([d["image"] for d in batch]).to(self.pixel_mean.device, torch.float32)
+        return self.normalize(torch.stack([d["image"] for d in batch]))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB 0-255 images (N, 3, H, W) -> the ResNet's input: channel order, then (x - mean) / std.
+
+        Tensors only, so an exported model (:mod:`gn_det.export`) runs the same preprocessing."""
+        images = images.to(self.pixel_mean.device, torch.float32)
         if self.input_format == "BGR":
             images = images.flip(1)
         return (images - self.pixel_mean) / self.pixel_std

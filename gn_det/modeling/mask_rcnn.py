@@ -103,14 +103,21 @@ class GNMaskRCNN(MaskRCNN):
         device = next(self.parameters()).device
         images = [_image(d).to(device) for d in batch]
         targets = [self._target(d, device) for d in batch] if self.training else None
+        detections, losses, sizes = self.run(images, targets)
+        if self.training:
+            return losses
+        return [to_original_size(det, size, (int(d.get("height", size[0])), int(d.get("width", size[1]))))
+                for det, size, d in zip(detections, sizes, batch)]
+
+    def run(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None):
+        """torchvision's pipeline on RGB 0-255 images already resized: normalize and pad, backbone,
+        RPN, RoI heads. Returns ``(detections in the input images' pixels, losses, input sizes)``.
+        Tensors only, so an exported model (:mod:`gn_det.export`) runs the same steps."""
         image_list, targets = self.transform(images, targets)
         features = self.backbone(image_list.tensors)
         proposals, proposal_losses = self.rpn(image_list, features, targets)
         detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
-        if self.training:
-            return {**detector_losses, **proposal_losses}
-        return [to_original_size(det, size, (int(d.get("height", size[0])), int(d.get("width", size[1]))))
-                for det, size, d in zip(detections, image_list.image_sizes, batch)]
+        return detections, {**detector_losses, **proposal_losses}, image_list.image_sizes
 
     def _target(self, d: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
         where = f"image_id {d.get('image_id', '?')}"

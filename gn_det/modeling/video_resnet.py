@@ -168,14 +168,20 @@ class VideoClassifier(nn.Module):
                             f"dict from collate_video_samples; got {type(batch).__name__}")
         if videos.dim() != 5 or videos.shape[1] != 3 or videos.shape[0] == 0:
             raise ValueError(f"expected videos of shape (N, 3, T, H, W) with N > 0, got {tuple(videos.shape)}")
+        if self.input_modality == "rgb_diff" and videos.shape[2] < 2:
+            raise ValueError("MODEL.VIDEO.INPUT_MODALITY 'rgb_diff' needs clips of at least 2 frames (DATA.NUM_FRAMES)")
+        return self.network_input(videos), labels
+
+    def network_input(self, videos: torch.Tensor) -> torch.Tensor:
+        """Normalized RGB clips (N, 3, T, H, W) -> what the ResNet reads: channel order, then the
+        modality (frame differences for "rgb_diff"). Tensors only, so an exported model
+        (:mod:`gn_det.export`) runs the same steps."""
         videos = videos.to(self.device, torch.float32)
         if self.input_format == "BGR":
             videos = videos.flip(1)
         if self.input_modality == "rgb_diff":
-            if videos.shape[2] < 2:
-                raise ValueError("MODEL.VIDEO.INPUT_MODALITY 'rgb_diff' needs clips of at least 2 frames (DATA.NUM_FRAMES)")
             videos = videos[:, :, 1:] - videos[:, :, :-1]
-        return videos, labels
+        return videos
 
     def features(self, videos: torch.Tensor) -> torch.Tensor:
         """The pooled feature (N, C) before dropout and ``fc``, of already preprocessed videos."""

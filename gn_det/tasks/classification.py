@@ -14,15 +14,17 @@ resulting ``model_final.pth``. This module registers ``"classification"``, decla
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from torch import nn
-
-from gn_det.checkpoint.model_loading import WeightsForModel
 from gn_det.config import CfgNode as CN
 from gn_det.config import refuse_unsupported
 from gn_det.engine.task import register_task
-from gn_det.evaluation.classification_evaluation import ClassificationEvaluator
+
+if TYPE_CHECKING:  # torch, checkpoints and evaluators only when used: the CLIs read the config keys without them
+    from torch import nn
+
+    from gn_det.checkpoint.model_loading import WeightsForModel
+    from gn_det.evaluation.classification_evaluation import ClassificationEvaluator
 
 __all__ = ["ClassificationTask", "add_classification_config", "check_classification_config"]
 
@@ -91,6 +93,7 @@ class ClassificationTask:
         """Top-1 / top-5 over the whole split; per-class accuracy json in
         ``output_dir/inference/<dataset_name>/``."""
         from gn_det.data.classification import dataset_classes
+        from gn_det.evaluation.classification_evaluation import ClassificationEvaluator
 
         results_dir = os.path.join(output_dir, "inference", dataset_name) if output_dir else None
         classes = dataset_classes(cfg, dataset_name) or []

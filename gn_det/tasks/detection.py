@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from torch import nn
-
-from gn_det.checkpoint.detectron2_detector import (find_caffe2_detector, find_detectron2_detector,
-                                                   input_convention_warning)
-from gn_det.checkpoint.input_convention import cfg_input_convention, recorded_input_convention
-from gn_det.checkpoint.model_loading import WeightsForModel
 from gn_det.config import CfgNode as CN
 from gn_det.engine.task import register_task
-from gn_det.evaluation.coco_evaluation import COCOEvaluator
 from gn_det.tasks.detectron2_config import add_detectron2_defaults, add_detectron2_only_keys, check_detectron2_values
+
+if TYPE_CHECKING:  # torch, checkpoints and evaluators only when used: the CLIs read the config keys without them
+    from torch import nn
+
+    from gn_det.checkpoint.model_loading import WeightsForModel
+    from gn_det.evaluation.coco_evaluation import COCOEvaluator
 
 __all__ = ["DetectionTask", "add_detection_config", "check_detection_config"]
 
@@ -174,6 +173,8 @@ class DetectionTask:
         ``output_dir/inference/<dataset_name>/``."""
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         results_dir = os.path.join(output_dir, "inference", dataset_name) if output_dir else None
+        from gn_det.evaluation.coco_evaluation import COCOEvaluator
+
         # COCO's standard maxDets (100), whatever TEST.DETECTIONS_PER_IMAGE: AP stays comparable.
         return COCOEvaluator(dataset_name, results_dir, distributed=True, tasks=tasks, cfg=cfg)
 
@@ -202,6 +203,10 @@ class DetectionTask:
 def _input_convention_warning(cfg, raw, source: str) -> str | None:
     """The input-convention warning for MODEL.WEIGHTS, or None. detectron2 and Caffe2 detectors are
     checked by their own conversion (:mod:`gn_det.checkpoint.detectron2_detector`)."""
+    from gn_det.checkpoint.detectron2_detector import (find_caffe2_detector, find_detectron2_detector,
+                                                       input_convention_warning)
+    from gn_det.checkpoint.input_convention import cfg_input_convention, recorded_input_convention
+
     if find_detectron2_detector(raw) is not None or find_caffe2_detector(raw) is not None:
         return None
     recorded = recorded_input_convention(raw)

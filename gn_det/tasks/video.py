@@ -47,15 +47,17 @@ RNG_SEED, OUTPUT_DIR                SEED, OUTPUT_DIR
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from torch import nn
-
-from gn_det.checkpoint.model_loading import WeightsForModel
 from gn_det.config import CfgNode as CN
 from gn_det.config import refuse_unsupported
 from gn_det.engine.task import register_task
-from gn_det.evaluation.video_evaluation import VideoEvaluator
+
+if TYPE_CHECKING:  # torch, checkpoints and evaluators only when used: the CLIs read the config keys without them
+    from torch import nn
+
+    from gn_det.checkpoint.model_loading import WeightsForModel
+    from gn_det.evaluation.video_evaluation import VideoEvaluator
 
 __all__ = ["VideoTask", "add_video_config", "check_video_config"]
 
@@ -156,6 +158,7 @@ class VideoTask:
         """Clip- and video-level top-1/top-5; ``video_results.json`` and ``confusion_matrix.png`` go to
         ``output_dir/inference/<dataset_name>/``."""
         from gn_det.data.video.build import video_set_info
+        from gn_det.evaluation.video_evaluation import VideoEvaluator
 
         info = video_set_info(cfg, dataset_name)
         results_dir = os.path.join(output_dir, "inference", dataset_name) if output_dir else None

@@ -21,8 +21,6 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 __all__ = ["atomic_write_file", "atomic_save", "atomic_write_pickle", "atomic_write_text", "temporary_name",
            "remove_stale_temporaries"]
 
@@ -71,6 +69,8 @@ def atomic_write_file(path: str | os.PathLike, write: Callable[[io.BufferedWrite
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj, path)`` atomically (temp file in the same directory + ``os.replace``)."""
+    import torch  # here: the CLIs write text files through this module before they need torch
+
     return atomic_write_file(path, lambda f: torch.save(obj, f))
 
 

@@ -37,15 +37,16 @@ from typing import Iterable, Iterator, Sequence
 
 from gn_det.config import ConfigError
 from gn_det.data.common import ConcatDatasets, SkipBadSamples, build_test_loader, build_train_loader
-from gn_det.data.video.annotations import VideoList, find_kinetics_root, kinetics_split_files, load_video_list
+from gn_det.data.video.annotations import (VideoList, VideoRecord, find_kinetics_root, kinetics_split_files,
+                                           load_video_list)
 from gn_det.data.video.dataset import VideoClipDataset
 from gn_det.data.video.synthetic import ensure_synthetic_kinetics, flip_label_map
 from gn_det.utils import comm
 from gn_det.utils.io import atomic_write_text
 
 __all__ = ["KINETICS_DATASETS", "SLOWFAST_DATASETS", "BAD_VIDEOS_FILE", "VideoSetInfo", "video_list",
-           "video_set_info", "build_video_dataset", "ReplacedVideoLog", "build_video_train_loader",
-           "build_video_test_loader"]
+           "video_set_info", "build_video_dataset", "video_clip_dataset", "ReplacedVideoLog",
+           "build_video_train_loader", "build_video_test_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -204,12 +205,21 @@ def build_video_dataset(cfg, name: str, train: bool) -> VideoClipDataset:
     own = video_list(cfg, name)
     classes = _classes_for(cfg, name, own, train)
     _check_num_classes(cfg, name, classes)
+    return video_clip_dataset(cfg, own.records, classes, train=train, name=name,
+                              flip_label_map=_flip_map(cfg, name, classes))
+
+
+def video_clip_dataset(cfg, records: Sequence[VideoRecord], classes: Sequence[str], *, train: bool, name: str,
+                       flip_label_map: dict[str, str] | None = None) -> VideoClipDataset:
+    """:class:`~gn_det.data.video.VideoClipDataset` of ``records`` with the DATA.* and TEST.* settings
+    (test mode: TEST.NUM_ENSEMBLE_VIEWS temporal clips x TEST.NUM_SPATIAL_CROPS crops per video), for
+    a named set or for any videos (``gn-det-demo``)."""
     d = cfg.DATA
     return VideoClipDataset(
-        own.records, classes, num_frames=d.NUM_FRAMES, sampling_rate=d.SAMPLING_RATE, train=train,
+        records, classes, num_frames=d.NUM_FRAMES, sampling_rate=d.SAMPLING_RATE, train=train,
         jitter_scales=tuple(d.TRAIN_JITTER_SCALES), crop_size=d.TRAIN_CROP_SIZE, test_crop_size=d.TEST_CROP_SIZE,
         num_ensemble_views=cfg.TEST.NUM_ENSEMBLE_VIEWS, num_spatial_crops=cfg.TEST.NUM_SPATIAL_CROPS,
-        mean=tuple(d.MEAN), std=tuple(d.STD), too_short=d.TOO_SHORT, flip_label_map=_flip_map(cfg, name, classes),
+        mean=tuple(d.MEAN), std=tuple(d.STD), too_short=d.TOO_SHORT, flip_label_map=flip_label_map,
         random_flip=bool(d.RANDOM_FLIP), max_retries=d.MAX_RETRIES, name=name)
 
 

@@ -42,10 +42,10 @@ from typing import Mapping, Sequence
 import av
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from gn_det.utils.io import atomic_write_file, atomic_write_text
 from gn_det.data.catalog import cache_root
+from gn_det.utils.progress import LoggedProgress, progress_bar
 
 __all__ = [
     "MOTION_CLASSES",
@@ -267,7 +267,8 @@ def generate_synthetic_kinetics(root: str | os.PathLike, *, num_classes: int = 6
     try:
         rows: dict[str, list[list]] = {s: [] for s in _SPLITS}
         used: set[str] = set()
-        for split, c, k in tqdm(jobs, desc=f"synthetic kinetics {root.name}", unit="clip", disable=not show_progress):
+        bar = progress_bar(jobs, desc=f"synthetic kinetics {root.name}", unit="clip", disable=not show_progress)
+        for split, c, k in LoggedProgress(logger, f"synthetic Kinetics {root.name}", len(jobs), "clips").track(bar):
             rng = np.random.default_rng([seed, _SPLITS.index(split), c, k])
             ytid = _youtube_id(rng)
             while ytid in used:
