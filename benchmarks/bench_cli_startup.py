@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = "configs/synthetic/mask_rcnn_R_18_FPN_gn_demo.yaml"
 
 
-# console script -> its entry module (pyproject.toml [project.scripts])
+# console script (pyproject.toml [project.scripts]) or tools/*.py -> its entry module in gn_det.cli
 SCRIPTS = {"gn-det-train": "train_net", "gn-det-convert": "convert_checkpoint", "gn-det-check-videos": "check_videos",
            "gn-det-prepare-videos": "prepare_videos", "gn-det-batch-size-study": "batch_size_study",
-           "gn-det-export": "export", "gn-det-demo": "demo"}
+           "gn-det-export": "export", "gn-det-demo": "demo", "tools/fidelity.py": "fidelity",
+           "tools/visualize.py": "visualize"}
 # What a console script runs, with the gn_det tree chosen explicitly (an editable install's finder
 # would otherwise win over PYTHONPATH): argv = [tree or "", script name, args...].
 _RUN_SCRIPT = """import sys
@@ -55,11 +56,15 @@ CASES: dict[str, list[str]] = {
     "gn-det-train: config file missing": _script("gn-det-train", "--config-file", "no_such.yaml"),
     "gn-det-train: bad value": _script("gn-det-train", "--config-file", DEMO, "SOLVER.BASE_LR", "abc"),
     "gn-det-convert --help": _script("gn-det-convert", "--help"),
+    "gn-det-convert: bad --group-policy": _script("gn-det-convert", "in.pth", "--group-policy", "even"),
     "gn-det-check-videos --help": _script("gn-det-check-videos", "--help"),
+    "gn-det-check-videos: bad --format": _script("gn-det-check-videos", "list.csv", "--format", "json"),
     "gn-det-prepare-videos --help": _script("gn-det-prepare-videos", "--help"),
     "gn-det-batch-size-study --help": _script("gn-det-batch-size-study", "--help"),
     "gn-det-export --help": _script("gn-det-export", "--help"),
     "gn-det-demo --help": _script("gn-det-demo", "--help"),
+    "tools/fidelity.py --help": _script("tools/fidelity.py", "--help"),
+    "tools/visualize.py --help": _script("tools/visualize.py", "--help"),
 }
 
 

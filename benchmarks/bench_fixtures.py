@@ -203,3 +203,17 @@ def machine_info(device: torch.device, threads: int) -> dict:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
             "threads": threads, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "loadavg_start": list(os.getloadavg()), "busy_processes_start": busy_processes()}
+
+
+def finish_report(env: dict, rows: list[dict], out: str | None, threads: int) -> None:
+    """End a benchmark: print the load line (start and end) and write ``{"env", "results"}`` to ``out``
+    (atomically) when given."""
+    import json
+
+    from gn_det.utils.io import atomic_write_text
+
+    env.setdefault("loadavg_end", list(os.getloadavg()))
+    print(f"load average (1 min) at start {env['loadavg_start'][0]:.2f}, at end {env['loadavg_end'][0]:.2f}; "
+          f"{threads} torch thread(s), {env['cpu_count']} CPUs, {env['device_name']}")
+    if out:
+        atomic_write_text(json.dumps({"env": env, "results": rows}, indent=2), out)

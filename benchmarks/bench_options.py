@@ -16,7 +16,6 @@ it holds the compilation.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -28,12 +27,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_fixtures import (FixedBatchDetectionTask, SteppedTrainer, fake_batch, machine_info,  # noqa: E402
-                            synchronize, trainer_opts)
+from bench_fixtures import (FixedBatchDetectionTask, SteppedTrainer, fake_batch, finish_report,  # noqa: E402
+                            machine_info, synchronize, trainer_opts)
 
 from gn_det.config import load_config  # noqa: E402
 from gn_det.engine.trainer import Trainer  # noqa: E402
-from gn_det.utils.io import atomic_write_text  # noqa: E402
 
 DEFAULT_CONFIGS = ["configs/synthetic/mask_rcnn_R_18_FPN_gn_demo.yaml",
                    "configs/synthetic/mask_rcnn_R_18_FPN_gn_ws_demo.yaml"]
@@ -126,10 +124,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{Path(r['config']).stem:<40} {r['option']:<14} {r['first_step_s']:>8.3f} {r['median_s']:>9.3f} "
               f"{r['ratio_to_baseline']:>10.3f} {r['total_loss']:>8.4f}")
-    print(f"load average (1 min) at start {env['loadavg_start'][0]:.2f}, at end {env['loadavg_end'][0]:.2f}; "
-          f"{args.threads} torch thread(s), {env['cpu_count']} CPUs, {env['device_name']}")
-    if args.out:
-        atomic_write_text(json.dumps({"env": env, "results": rows}, indent=2), args.out)
+    finish_report(env, rows, args.out, args.threads)
     return 0
 
 

@@ -22,7 +22,6 @@ both alike; each row gives the median milliseconds per call and the ratio after 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,11 +33,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_fixtures import machine_info  # noqa: E402
+from bench_fixtures import finish_report, machine_info  # noqa: E402
 
 from gn_det.layers import FrozenBatchNorm, standardize_weight  # noqa: E402
 from gn_det.layers.ws_conv import get_ws_config  # noqa: E402
-from gn_det.utils.io import atomic_write_text  # noqa: E402
 
 # (name, feature-map shape (N, C, ...)): where FrozenBN layers of R50 / I3D-R50 run
 BN_SHAPES = [("R50 res2", (1, 256, 128, 128)), ("R50 res3", (1, 512, 64, 64)), ("R50 res4", (1, 1024, 32, 32)),
@@ -164,10 +162,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['primitive']:<11} {r['shape']:<20} {r['pass']:<22} {r['before']:>10.3f} {r['after']:>9.3f} "
               f"{r['ratio']:>12.3f}")
-    print(f"load average (1 min) at start {env['loadavg_start'][0]:.2f}, at end {env['loadavg_end'][0]:.2f}; "
-          f"{args.threads} torch thread(s), {env['cpu_count']} CPUs")
-    if args.out:
-        atomic_write_text(json.dumps({"env": env, "results": rows}, indent=2), args.out)
+    finish_report(env, rows, args.out, args.threads)
     return 0
 
 

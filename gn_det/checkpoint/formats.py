@@ -61,6 +61,7 @@ from torch import nn
 
 from .. import __version__
 from ..layers.ws_conv import WSConv2d, WSConv3d, standardize_weight
+from .format_names import FORMATS, OUTPUT_FORMATS, WS_FOLDING_FORMATS  # torch-free, for command-line choices
 from .input_convention import source_input_convention
 from .io import CheckpointError, atomic_save, atomic_write_pickle, load_pickle, safe_torch_load
 from .names import caffe2_norm_kind, convert_name, format_name, parse_name
@@ -69,9 +70,6 @@ __all__ = ["FORMATS", "OUTPUT_FORMATS", "WS_FOLDING_FORMATS", "Checkpoint", "det
            "load_raw", "parse_checkpoint", "write_checkpoint", "check_output_format", "make_meta",
            "fold_ws_weights", "ws_weight_keys", "FOLDED_BN_EPS"]
 
-FORMATS = ("torchvision", "gn_det", "detectron2", "caffe2")
-OUTPUT_FORMATS = ("gn_det", "torchvision", "detectron2", "caffe2")
-WS_FOLDING_FORMATS = ("detectron2", "caffe2")  # no WS convs: GN+WS weights are written folded
 FOLDED_BN_EPS = 1e-5
 _PICKLE_SUFFIXES = (".pkl", ".pickle")
 

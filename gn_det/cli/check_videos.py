@@ -32,9 +32,8 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from gn_det.data.video.annotations import FORMATS, AnnotationError, load_video_list, write_video_list
-from gn_det.data.video.decode import VideoDecodeError, probe
-from gn_det.data.video.sampling import required_frames
+# the list reader and PyAV (with torch) load after the command line is parsed: --help answers at once
+from gn_det.data.video.list_formats import FORMATS
 from gn_det.utils.io import atomic_write_text
 from gn_det.utils.progress import progress_bar
 from gn_det.utils.table import format_table
@@ -73,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_file(path: str, needed_frames: int, quick: bool = False) -> dict[str, Any]:
     """Facts and the first problem of one video (a plain dict: crosses process boundaries)."""
+    from gn_det.data.video.decode import VideoDecodeError, probe
+
     result: dict[str, Any] = {"path": path, "problem": None, "reason": None}
     try:
         result["size_bytes"] = os.path.getsize(path)
@@ -118,6 +119,9 @@ def _stats(good: list[dict[str, Any]]) -> dict[str, Any]:
 
 def check_video_list(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
     """Run the check; returns (report, report path, cleaned list path). Raises on user errors."""
+    from gn_det.data.video.annotations import load_video_list, write_video_list
+    from gn_det.data.video.sampling import required_frames
+
     if args.num_frames < 1 or args.sampling_rate < 1:
         raise ValueError(f"--num-frames and --sampling-rate must be >= 1, got {args.num_frames} and "
                          f"{args.sampling_rate}")
@@ -205,6 +209,8 @@ def _summary(report: dict[str, Any], report_path: Path, clean_path: Path) -> str
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gn-det-check-videos`` / ``tools/check_videos.py``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    from gn_det.data.video.annotations import AnnotationError
+
     try:
         report, report_path, clean_path = check_video_list(args)
     except (AnnotationError, ValueError, OSError) as e:  # user errors: one line, no traceback

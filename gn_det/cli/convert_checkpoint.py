@@ -39,18 +39,11 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
-from ..checkpoint.formats import (FORMATS, OUTPUT_FORMATS, WS_FOLDING_FORMATS, Checkpoint, check_output_format,
-                                  load_raw, make_meta, read_checkpoint, write_checkpoint)
-from ..checkpoint.io import CheckpointError, atomic_write_text
-from ..checkpoint.loading import load_into_model
-from ..convert.surgery import convert_model
-from ..convert.resnet_arch import RESNET_ARCHS, build_resnet_for_arch, infer_resnet_arch
-from ..layers.norm import GROUP_POLICIES, parse_norm
-from ..layers.ws_conv import fold_ws
-from ..modeling.mask_rcnn import is_detector_checkpoint
-from .convert_detector import convert_detector
+# torch and the modules that import it load in convert() and main() after the command line is
+# parsed: --help and argument errors answer at once. The parser's choices come from torch-free modules.
+from ..checkpoint.format_names import FORMATS, OUTPUT_FORMATS, WS_FOLDING_FORMATS
+from ..layers.norm_names import GROUP_POLICIES
+from ..modeling.backbone.resnet_specs import RESNET_ARCHS
 
 __all__ = ["main", "build_parser"]
 
@@ -97,6 +90,8 @@ def _default_output(args: argparse.Namespace, norm_label: str) -> Path:
 
 
 def _source_norm(meta: dict, num_groups: int):
+    from ..layers.norm import parse_norm
+
     name = meta.get("norm") or "BN"
     return parse_norm(name + ("+WS" if meta.get("ws") and "+WS" not in name.upper() else ""),
                       num_groups=int(meta.get("num_groups", num_groups)))
@@ -117,6 +112,16 @@ def _calibrate(args, reference, converted):
 
 def convert(args: argparse.Namespace) -> dict:
     """Run the conversion described by parsed ``args``; returns the JSON report (also written)."""
+    import torch
+
+    from ..checkpoint.formats import Checkpoint, check_output_format, make_meta, read_checkpoint, write_checkpoint
+    from ..checkpoint.io import CheckpointError, atomic_write_text
+    from ..checkpoint.loading import load_into_model
+    from ..convert.resnet_arch import build_resnet_for_arch, infer_resnet_arch
+    from ..convert.surgery import convert_model
+    from ..layers.norm import parse_norm
+    from ..layers.ws_conv import fold_ws
+
     timings = {}
     t = time.perf_counter()
     override = {"auto": None, "true": True, "false": False}[args.stride_in_1x1]
@@ -209,6 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.calib_images <= 0:
         print(f"{_PROG}: error: --calib-images must be positive, got {args.calib_images}", file=sys.stderr)
         return 2
+    from ..checkpoint.formats import load_raw
+    from ..checkpoint.io import CheckpointError
+    from ..modeling.mask_rcnn import is_detector_checkpoint
+    from .convert_detector import convert_detector
+
     try:
         _resolve_input(args)
         raw = load_raw(args.input, args.source_format)

@@ -33,21 +33,19 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from gn_det.checkpoint.formats import load_raw, parse_checkpoint
-from gn_det.checkpoint.io import CheckpointError, atomic_save, atomic_write_text, safe_torch_load
-from gn_det.checkpoint.loading import load_into_model
+# torch and the modules that import it load in the functions that use them, after the command line
+# is parsed: --help and argument errors answer at once
 from gn_det.config import CfgNode, load_config
-from gn_det.convert.calibrate import CalibrationError, calibrate
-from gn_det.convert.fidelity import compare_to_reference, extract_features
-from gn_det.data.classification import write_synthetic_image_folder
-from gn_det.data.image_folder import ImageFolderError, load_image_folder
-from gn_det.data.synthetic_classification import SYNTHETIC_CLASSES
-from gn_det.modeling.backbone.resnet import RESNET_SPECS, ResNet, build_resnet
+from gn_det.modeling.backbone.resnet_specs import RESNET_SPECS
 from gn_det.utils.table import format_table
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from gn_det.modeling.backbone.resnet import ResNet
 
 __all__ = ["main", "build_parser", "train_bn_classifier", "bn_training_config"]
 
@@ -105,6 +103,8 @@ def bn_training_config(train_dir: str | Path, output_dir: str | Path, *, depth: 
     shifts and zooms; the objects fill about half the image) and flips of the images in ``train_dir``
     (generated at the test resize size), ``epochs`` passes of ``_TRAIN_BATCH`` images per step, no
     evaluation, one final checkpoint in ``output_dir``."""
+    from gn_det.data.synthetic_classification import SYNTHETIC_CLASSES
+
     iters = max(1, epochs * math.ceil(num_images / _TRAIN_BATCH))
     opts = {
         "TASK": "classification", "MODEL.RESNETS.DEPTH": depth, "MODEL.RESNETS.NORM": "BN",
@@ -136,6 +136,11 @@ def train_bn_classifier(cfg) -> tuple[ResNet, float]:
 
 def _prepare_synthetic(args, image_size: int) -> tuple[nn.Module, Path]:
     """Generate train/eval image folders and train (or reuse) a BN classifier on them."""
+    from gn_det.checkpoint.io import atomic_save, safe_torch_load
+    from gn_det.data.classification import write_synthetic_image_folder
+    from gn_det.data.synthetic_classification import SYNTHETIC_CLASSES
+    from gn_det.modeling.backbone.resnet import build_resnet
+
     work = Path(args.workdir)
     data_root = work / "synthetic_images"
     if data_root.exists():
@@ -174,6 +179,11 @@ def _prepare_synthetic(args, image_size: int) -> tuple[nn.Module, Path]:
 
 def _load_weights(args) -> nn.Module:
     """Build gn_det's BN ``--arch`` and load ``--weights`` into it; any key or shape mismatch is an error."""
+    from gn_det.checkpoint.formats import load_raw, parse_checkpoint
+    from gn_det.checkpoint.io import CheckpointError
+    from gn_det.checkpoint.loading import load_into_model
+    from gn_det.modeling.backbone.resnet import build_resnet
+
     depth = _depth(args.arch)
     ckpt = parse_checkpoint(load_raw(args.weights), args.weights)
     if ckpt.meta.get("norm") not in ("BN", "FrozenBN"):
@@ -199,6 +209,8 @@ def _load_weights(args) -> nn.Module:
 def _measure(model: nn.Module, calib: torch.Tensor, heldout: torch.Tensor, labels: torch.Tensor | None,
              args, progress: bool) -> list[dict]:
     """One row per (norm, transfer): fidelity of the converted network on the held-out images."""
+    from gn_det.convert.calibrate import calibrate
+    from gn_det.convert.fidelity import compare_to_reference, extract_features
     from gn_det.convert.surgery import convert_model
 
     def features(net: nn.Module):
@@ -237,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: --weights and --images go together (real-weights mode); "
                          "give both, or neither for the synthetic demo")
     image_size = args.image_size or (224 if args.weights else 32)
+    import torch
+
+    from gn_det.checkpoint.io import CheckpointError, atomic_write_text
+    from gn_det.convert.calibrate import CalibrationError
+    from gn_det.data.image_folder import ImageFolderError, load_image_folder
+
     torch.manual_seed(args.seed)
     try:
         if args.weights:

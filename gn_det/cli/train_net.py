@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n"
                "  gn-det-train --config-file configs/synthetic/mask_rcnn_R_18_FPN_gn_demo.yaml\n"
                "  gn-det-train --config-file cfg.yaml --num-gpus 8 SOLVER.IMS_PER_BATCH 16 SOLVER.BASE_LR 0.02\n"
-               "  gn-det-train --config-file cfg.yaml --eval-only MODEL.WEIGHTS output/model_final.pth\n"
+               "  gn-det-train --config-file configs/synthetic/mask_rcnn_R_18_FPN_gn_demo.yaml --eval-only \\\n"
+               "      MODEL.WEIGHTS output/mask_rcnn_R_18_FPN_gn_demo/model_final.pth\n"
                "  torchrun --nproc-per-node 8 -m gn_det.cli.train_net --config-file cfg.yaml\n")
     parser.add_argument("--config-file", default="", metavar="FILE", help="path to the YAML config")
     parser.add_argument("--resume", action="store_true",

@@ -30,14 +30,10 @@ import os
 import sys
 from typing import Sequence
 
-import torch
-
+# torch, pycocotools and the modules that import them load after the command line is parsed:
+# --help and argument errors answer at once
 from gn_det import tasks  # noqa: F401  (registers the built-in tasks)
-from gn_det.checkpoint.io import CheckpointError
-from gn_det.data.coco_dataset import load_coco_json
-from gn_det.utils.image_io import ImageReadError, read_image
 from gn_det.utils.progress import progress_bar
-from gn_det.utils.visualizer import draw_coco_annotations, save_png
 
 __all__ = ["main"]
 
@@ -78,6 +74,9 @@ def _resolve_dataset(args, cfg) -> tuple[str, str, str]:
 
 def _predict_with_model(cfg, weights: str, dataset_name: str, image_ids: Sequence[int]) -> list[dict]:
     """Run the configured model with ``weights`` on images ``image_ids``; COCO-format results."""
+    import torch
+
+    from gn_det.checkpoint.io import CheckpointError
     from gn_det.engine.task import get_task
     from gn_det.engine.trainer import load_model_weights
     from gn_det.evaluation.coco_evaluation import COCODatasetInfo, instances_to_coco_results
@@ -152,6 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.weights and not os.path.exists(args.weights):  # before a dataset is read or generated
         parser.exit(2, f"{parser.prog}: error: --weights {args.weights!r}: no such file; give the "
                        f"model_final.pth a training run wrote into its OUTPUT_DIR\n")
+    import torch
+
+    from gn_det.data.coco_dataset import load_coco_json
+    from gn_det.utils.image_io import ImageReadError, read_image
+    from gn_det.utils.visualizer import draw_coco_annotations, save_png
+
     cfg = _load_cfg(args)
     dataset_name, json_file, image_root = _resolve_dataset(args, cfg)
     coco = load_coco_json(json_file)

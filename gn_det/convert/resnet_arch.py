@@ -15,12 +15,11 @@ import re
 from torch import nn
 
 from ..layers.norm import NormSpec
-from ..modeling.backbone.resnet import RESNET_SPECS, ResNet, build_resnet
+from ..modeling.backbone.resnet import ResNet, build_resnet
+from ..modeling.backbone.resnet_specs import RESNET_ARCHS, RESNET_SPECS  # torch-free, for command-line choices
 
 __all__ = ["RESNET_ARCHS", "infer_resnet_arch", "set_stride_in_1x1", "build_resnet_for_arch"]
 
-# torchvision's builder names, "resnet50" -> depth 50
-RESNET_ARCHS: dict[str, int] = {f"resnet{depth}": depth for depth in RESNET_SPECS}
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 

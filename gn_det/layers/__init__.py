@@ -1,9 +1,16 @@
-"""Building blocks: the norm factory, FrozenBN and Weight-Standardized convs."""
+"""Building blocks: the norm factory, FrozenBN and Weight-Standardized convs.
 
-from .frozen_bn import FrozenBatchNorm
-from .norm import NORM_NAMES, NormSpec, create_conv, create_norm, get_norm_layer, group_count, parse_norm
-from .ws_conv import WS_MODES, WSConv2d, WSConv3d, fold_ws, standardize_weight
+The names are imported from their submodules on first use (:func:`~gn_det.utils.lazy.lazy_exports`):
+the torch-free :mod:`~gn_det.layers.norm_names` serves command-line parsers without torch.
+"""
 
-__all__ = ["FrozenBatchNorm", "NORM_NAMES", "NormSpec", "create_conv", "create_norm", "get_norm_layer",
-           "group_count", "parse_norm", "WS_MODES", "WSConv2d", "WSConv3d", "fold_ws",
-           "standardize_weight"]
+from ..utils.lazy import lazy_exports
+
+_EXPORTS = {
+    ".frozen_bn": ("FrozenBatchNorm",),
+    ".norm_names": ("NORM_NAMES", "GROUP_POLICIES"),
+    ".norm": ("NormSpec", "create_conv", "create_norm", "get_norm_layer", "group_count", "parse_norm"),
+    ".ws_conv": ("WS_MODES", "WSConv2d", "WSConv3d", "fold_ws", "standardize_weight"),
+}
+__all__ = [name for names in _EXPORTS.values() for name in names]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

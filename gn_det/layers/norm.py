@@ -44,13 +44,12 @@ from typing import Callable
 from torch import nn
 
 from .frozen_bn import FrozenBatchNorm
+from .norm_names import GROUP_POLICIES, NORM_NAMES  # torch-free, for command-line choices
 from .ws_conv import WS_COUNTERPARTS, get_ws_config
 
 __all__ = ["NormSpec", "NORM_NAMES", "GROUP_POLICIES", "parse_norm", "create_norm", "get_norm_layer",
            "create_conv", "group_count"]
 
-NORM_NAMES = ("BN", "SyncBN", "FrozenBN", "GN", "LN", "IN", "")
-GROUP_POLICIES = ("strict", "divisor", "channels_per_group")
 _ALIASES = {"nnSyncBN": "SyncBN", "naiveSyncBN": "SyncBN", "none": "", "None": ""}
 _BATCHNORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 

@@ -56,6 +56,7 @@ from typing import Iterable, Iterator, Sequence
 
 from gn_det.utils.io import atomic_write_text
 from gn_det.data.catalog import DATASETS_ENV, datasets_root
+from gn_det.data.video.list_formats import FORMATS  # torch-free, for command-line choices
 
 __all__ = [
     "AnnotationError",
@@ -71,7 +72,6 @@ __all__ = [
     "load_kinetics",
 ]
 
-FORMATS = ("kinetics", "list", "csv")
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm")
 # Split names as written in CSVs -> folder names to look for, first existing wins.

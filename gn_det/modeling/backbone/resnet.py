@@ -51,18 +51,11 @@ from gn_det.layers.frozen_bn import FrozenBatchNorm
 from gn_det.layers.norm import NormSpec, create_conv, create_norm, parse_norm
 from gn_det.config import ConfigError, refuse_unsupported
 from gn_det.modeling.cfg_norm import group_norm_width_problems, norm_from_cfg
+from gn_det.modeling.backbone.resnet_specs import RESNET_SPECS  # torch-free, for command-line help
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "RESNET_SPECS", "build_resnet", "build_resnet_from_cfg",
            "resnet_cfg_problems", "freeze_module", "STAGE_NAMES", "OUT_FEATURE_NAMES"]
 
-# depth -> (block class name, blocks per stage)
-RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-}
 # freeze_at counts these from the input: 1 = stem, 2 = stem + res2 (layer1), ...
 STAGE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 # detectron2's names of the same stages, for ``out_features``
