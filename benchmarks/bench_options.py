@@ -32,6 +32,7 @@ from bench_fixtures import (FixedBatchDetectionTask, SteppedTrainer, fake_batch,
 
 from gn_det.config import load_config  # noqa: E402
 from gn_det.engine.trainer import Trainer  # noqa: E402
+from gn_det.utils.table import format_table  # noqa: E402
 
 DEFAULT_CONFIGS = ["configs/synthetic/mask_rcnn_R_18_FPN_gn_demo.yaml",
                    "configs/synthetic/mask_rcnn_R_18_FPN_gn_ws_demo.yaml"]
@@ -120,10 +121,9 @@ def main(argv=None) -> int:
     env.update(batch=args.batch, rounds=rounds, warmup=warmup)
     rows = run(configs, options, args.device, rounds, warmup, args.batch, args.objects)
     env["loadavg_end"] = list(os.getloadavg())
-    print(f"{'config':<40} {'option':<14} {'first s':>8} {'median s':>9} {'x baseline':>10} {'loss':>8}")
-    for r in rows:
-        print(f"{Path(r['config']).stem:<40} {r['option']:<14} {r['first_step_s']:>8.3f} {r['median_s']:>9.3f} "
-              f"{r['ratio_to_baseline']:>10.3f} {r['total_loss']:>8.4f}")
+    print(format_table([(Path(r["config"]).stem, r["option"], r["first_step_s"], r["median_s"], r["ratio_to_baseline"],
+                         r["total_loss"]) for r in rows],
+                       ["config", "option", "first s", "median s", "x baseline", "loss"]))
     finish_report(env, rows, args.out, args.threads)
     return 0
 

@@ -37,6 +37,7 @@ from bench_fixtures import finish_report, machine_info  # noqa: E402
 
 from gn_det.layers import FrozenBatchNorm, standardize_weight  # noqa: E402
 from gn_det.layers.ws_conv import get_ws_config  # noqa: E402
+from gn_det.utils.table import format_table  # noqa: E402
 
 # (name, feature-map shape (N, C, ...)): where FrozenBN layers of R50 / I3D-R50 run
 BN_SHAPES = [("R50 res2", (1, 256, 128, 128)), ("R50 res3", (1, 512, 64, 64)), ("R50 res4", (1, 1024, 32, 32)),
@@ -158,10 +159,8 @@ def main(argv=None) -> int:
     env["loadavg_end"] = list(os.getloadavg())
     for r in rows:
         r["ratio"] = r["after"] / r["before"]
-    print(f"{'primitive':<11} {'shape':<20} {'pass':<22} {'before ms':>10} {'after ms':>9} {'after/before':>12}")
-    for r in rows:
-        print(f"{r['primitive']:<11} {r['shape']:<20} {r['pass']:<22} {r['before']:>10.3f} {r['after']:>9.3f} "
-              f"{r['ratio']:>12.3f}")
+    print(format_table([(r["primitive"], r["shape"], r["pass"], r["before"], r["after"], r["ratio"]) for r in rows],
+                       ["primitive", "shape", "pass", "before ms", "after ms", "after/before"]))
     finish_report(env, rows, args.out, args.threads)
     return 0
 

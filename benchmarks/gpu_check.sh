@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks and timings, run as one script on a lent GPU machine (see DEVELOPERS notes):
 #   bash benchmarks/gpu_check.sh OUT_DIR          # everything below
-#   bash benchmarks/gpu_check.sh OUT_DIR suite    # only part 3's benchmark suite (about 5 minutes on an H100)
+#   bash benchmarks/gpu_check.sh OUT_DIR suite    # only part 3's benchmark suite (GPU run time not measured yet: 976 s on a 2-core CPU at batch 2)
 # 1. detection (Mask R-CNN R-18-FPN GN, tiny synthetic set) trained on CUDA in fp32 and with AMP
 #    (fp16 autocast + GradScaler), evaluated, resumed from its mid-run checkpoint, --eval-only;
 # 2. the classification task on CUDA (tiny synthetic config), when present;

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gn_det.data.catalog import cache_root
+from gn_det.utils.cache import cache_root
 from gn_det.data.coco_dataset import DatasetError
 from gn_det.data.video.annotations import VideoRecord, load_video_list
 from gn_det.data.video.dataset import SkippedView, VideoClipDataset, collate_video_samples

@@ -44,10 +44,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from tqdm import tqdm
-
 from ..config import ConfigError, load_config
 from ..utils.io import atomic_write_file, atomic_write_text
+from ..utils.progress import progress_bar
 from ..utils.table import format_table
 
 __all__ = ["RunSpec", "RunResult", "build_parser", "count_train_images", "plan_runs", "final_metrics",
@@ -352,7 +351,7 @@ def run_study(args: argparse.Namespace) -> tuple[list[RunResult], dict[str, Any]
     logger.info("%d runs (%s x batch %s), %.3g epochs of %d images each, in %s", len(runs), "/".join(args.norms),
                 "/".join(map(str, args.batch_sizes)), info["epochs"], info["train_images"], info["output_dir"])
     results: dict[str, RunResult] = {}
-    with tqdm(total=len(runs), desc="batch-size study", unit="run", disable=args.no_progress) as bar, \
+    with progress_bar(total=len(runs), desc="batch-size study", unit="run", disable=args.no_progress) as bar, \
             ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(_run, spec, args.config_file, args.threads): spec for spec in runs}
         for future in as_completed(futures):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from gn_det.config import ConfigError
+from gn_det.utils.cache import cache_root
 from gn_det.data.coco_dataset import contiguous_category_maps, load_coco_json
 from gn_det.data.synthetic_coco import GENERATOR_VERSION, generate_synthetic_coco
 
@@ -33,13 +34,11 @@ __all__ = [
     "get_dataset_files",
     "get_dataset_metadata",
     "datasets_root",
-    "cache_root",
 ]
 
 logger = logging.getLogger(__name__)
 
 DATASETS_ENV = "GN_DET_DATASETS"
-CACHE_ENV = "GN_DET_CACHE"
 
 
 @dataclass(frozen=True)
@@ -70,11 +69,6 @@ class DatasetMetadata:
 def datasets_root() -> Path:
     """``$GN_DET_DATASETS``, default ``./datasets``."""
     return Path(os.environ.get(DATASETS_ENV, "./datasets")).expanduser()
-
-
-def cache_root() -> Path:
-    """``$GN_DET_CACHE``, default ``~/.cache/gn_det``."""
-    return Path(os.environ.get(CACHE_ENV, "~/.cache/gn_det")).expanduser()
 
 
 # name -> a function returning (json_file, image_root), run when the dataset is first used.

@@ -39,7 +39,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 
 from gn_det.config import ConfigError
-from gn_det.data.catalog import cache_root, datasets_root
+from gn_det.data.catalog import datasets_root
+from gn_det.utils.cache import cache_root
 from gn_det.data.coco_dataset import DatasetError
 from gn_det.data.common import ConcatDatasets, SkipBadSamples, SkippedSample, build_test_loader, build_train_loader
 from gn_det.data.generated import build_folder_once

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from gn_det.utils.io import atomic_write_file, atomic_write_text
-from gn_det.data.catalog import cache_root
+from gn_det.utils.cache import cache_root
 from gn_det.utils.progress import LoggedProgress, progress_bar
 
 __all__ = [
